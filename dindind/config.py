@@ -1,0 +1,398 @@
+"""The configuration: decoded strictly, defaulted, validated, frozen.
+
+The shape of the file is declared once, in :data:`SPEC`. From it come the
+validator (which collects *every* problem, each with its key path, before
+anything is built), the defaults, and ``config/config.schema.json`` (the JSON
+Schema editors use; ``python -m dindind schema`` regenerates it and a test
+keeps the committed copy equal to it).
+
+Values are checked here, before any of them reaches a template: names,
+versions, URLs, digests, CIDRs and addresses are matched against strict
+patterns, so a value can never smuggle a newline into a systemd unit or a
+Dockerfile.
+"""
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import yaml
+
+from .errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
+SCHEMA_PATH = ROOT / "config" / "config.schema.json"
+
+VERSION_RE = r"^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
+REPO_RE = r"^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
+TAG_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+IMAGE_REF_RE = r"^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
+NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
+SHA256_RE = r"^[0-9a-f]{64}$"
+URL_RE = r"^(https?|file)://[^\s\"'<>\\]+$"
+SUITE_RE = r"^[a-z]+$"
+PKG_RE = r"^[a-z0-9][a-z0-9+.-]+$"
+ARG_RE = r"^--[a-z0-9-]+=[^\s\"'\\]*$"
+
+
+class Field:
+    """One key: its JSON type, default, and extra checks."""
+
+    def __init__(self, kind, default=None, *, doc="", pattern=None, enum=None, items=None,
+                 minimum=None, maximum=None, nullable=False, check=None, fmt=None):
+        self.kind = kind            # "string" | "integer" | "boolean" | "array" | "object"
+        self.default = default
+        self.doc = doc
+        self.pattern = pattern
+        self.enum = enum
+        self.items = items          # Field for array items, or dict spec for objects
+        self.minimum = minimum
+        self.maximum = maximum
+        self.nullable = nullable
+        self.check = check          # callable(value) -> problem text or None
+        self.fmt = fmt              # human description of the pattern
+
+
+def _cidr(value):
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        return f"is not a valid CIDR ({exc})"
+    return None
+
+
+def _ip(value):
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return "is not an IP address"
+    return None
+
+
+def _relpath(value):
+    if "\n" in value or "\x00" in value:
+        return "must not contain newlines or NUL"
+    return None
+
+
+SECTION = "section"
+
+SPEC = {
+    "kubernetes": {
+        "source": Field("string", "sample", enum=["sample", "dir", "release"],
+                        doc="where the Kubernetes build comes from"),
+        "version": Field("string", "v1.31.2+sample", pattern=VERSION_RE, fmt="a Kubernetes version like v1.31.2",
+                         doc="sample only: the version the generated stand-in tree reports"),
+        "path": Field("string", None, nullable=True, check=_relpath,
+                      doc="dir: the folder that contains kubernetes/ (relative to the config file)"),
+        "server_url": Field("string", None, nullable=True, pattern=URL_RE, fmt="an http(s) or file URL",
+                            doc="release: kubernetes-server-linux-amd64.tar.gz"),
+        "server_sha256": Field("string", None, nullable=True, pattern=SHA256_RE, fmt="64 lowercase hex digits"),
+        "test_url": Field("string", None, nullable=True, pattern=URL_RE, fmt="an http(s) or file URL",
+                          doc="release: kubernetes-test-linux-amd64.tar.gz"),
+        "test_sha256": Field("string", None, nullable=True, pattern=SHA256_RE, fmt="64 lowercase hex digits"),
+        "extra_images": Field("array", [], items=Field("string", check=_relpath),
+                              doc="docker-archive tarballs kubeadm needs beyond the server tarball "
+                                  "(etcd, coredns, pause); relative to the config file"),
+    },
+    "cni": {
+        "source": Field("string", "debian", enum=["debian", "tgz"],
+                        doc="debian: the containernetworking-plugins package; tgz: a cni-plugins release"),
+        "package": Field("string", "containernetworking-plugins", pattern=PKG_RE, fmt="a Debian package name"),
+        "url": Field("string", None, nullable=True, pattern=URL_RE, fmt="an http(s) or file URL"),
+        "sha256": Field("string", None, nullable=True, pattern=SHA256_RE, fmt="64 lowercase hex digits"),
+    },
+    "base": {
+        "image": Field("string", None, nullable=True, pattern=IMAGE_REF_RE, fmt="an image reference",
+                       doc="use this image instead of building one with debootstrap"),
+        "suite": Field("string", "bookworm", pattern=SUITE_RE, fmt="a Debian suite name"),
+        "mirror": Field("string", "http://deb.debian.org/debian", pattern=URL_RE, fmt="an http(s) URL"),
+        "repository": Field("string", "dindind/base", pattern=REPO_RE, fmt="a docker repository name"),
+    },
+    "node": {
+        "repository": Field("string", "dindind/node", pattern=REPO_RE, fmt="a docker repository name"),
+        "tag": Field("string", None, nullable=True, pattern=TAG_RE, fmt="a docker tag",
+                     doc="default: the Kubernetes version with '+' as '_'"),
+        "preload": Field("boolean", True,
+                         doc="import the component images into containerd at image build time "
+                             "(false: import them at every boot)"),
+        "packages": Field("array", [], items=Field("string", pattern=PKG_RE, fmt="a Debian package name"),
+                          doc="extra Debian packages for the node image"),
+    },
+    "cluster": {
+        "repository": Field("string", "dindind/cluster", pattern=REPO_RE, fmt="a docker repository name"),
+        "tag": Field("string", None, nullable=True, pattern=TAG_RE, fmt="a docker tag"),
+        "compression": Field("string", "zstd", enum=["zstd", "none"],
+                             doc="how the node image is stored inside the cluster image"),
+        "name": Field("string", "dindind", pattern=NAME_RE, fmt="lowercase letters, digits and '-', at most 32",
+                      doc="the default cluster name"),
+        "workers": Field("integer", 2, minimum=0, maximum=10),
+        "nested": Field("boolean", True, doc="run the nodes inside the top-level container"),
+        "api_address": Field("string", "127.0.0.1", check=_ip,
+                             doc="host address the API server is published on"),
+        "api_port": Field("integer", 0, minimum=0, maximum=65535, doc="0: a random free port"),
+        "pod_subnet": Field("string", "10.244.0.0/16", check=_cidr),
+        "service_subnet": Field("string", "10.96.0.0/16", check=_cidr),
+        "node_subnet": Field("string", "172.30.0.0/24", check=_cidr,
+                             doc="the bridge network the node containers live on"),
+        "kubelet_extra_args": Field("array", [], items=Field("string", pattern=ARG_RE, fmt="--flag=value")),
+    },
+    "build": {
+        "source_date_epoch": Field("integer", 1700000000, minimum=0,
+                                   doc="timestamp for reproducible debs and layers "
+                                       "(the environment's SOURCE_DATE_EPOCH wins)"),
+    },
+}
+
+
+# ---------------------------------------------------------------- decoding
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that records duplicate keys instead of silently overriding."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates = []
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                self.duplicates.append((key, key_node.start_mark.line + 1))
+            seen[key] = True
+        return super().construct_mapping(node, deep=deep)
+
+
+def _decode(path, text):
+    loader = _StrictLoader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [f"not valid YAML: {exc}".replace("\n", " ")]) from None
+    finally:
+        loader.dispose()
+    problems = [f"line {line}: duplicate key {key!r}" for key, line in loader.duplicates]
+    return data, problems
+
+
+def _type_ok(kind, value):
+    return {
+        "string": lambda v: isinstance(v, str),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "boolean": lambda v: isinstance(v, bool),
+        "array": lambda v: isinstance(v, list),
+    }[kind](value)
+
+
+def _check_value(keypath, f, value, problems):
+    if value is None:
+        if f.nullable:
+            return None
+        problems.append(f"{keypath}: must not be empty (expected {f.kind})")
+        return None
+    if not _type_ok(f.kind, value):
+        problems.append(f"{keypath}: expected {f.kind}, got {type(value).__name__} {value!r}")
+        return None
+    if f.kind == "string":
+        if f.enum and value not in f.enum:
+            problems.append(f"{keypath}: {value!r} is not one of {', '.join(f.enum)}")
+        elif f.pattern and not re.match(f.pattern, value):
+            problems.append(f"{keypath}: {value!r} is not {f.fmt or 'valid'}")
+        elif f.check and (msg := f.check(value)):
+            problems.append(f"{keypath}: {value!r} {msg}")
+    elif f.kind == "integer":
+        if f.minimum is not None and value < f.minimum:
+            problems.append(f"{keypath}: {value} is below the minimum {f.minimum}")
+        if f.maximum is not None and value > f.maximum:
+            problems.append(f"{keypath}: {value} is above the maximum {f.maximum}")
+    elif f.kind == "array":
+        out = []
+        for i, item in enumerate(value):
+            out.append(_check_value(f"{keypath}[{i}]", f.items, item, problems))
+        return tuple(out)
+    return value
+
+
+def _validate_shape(data, problems):
+    values = {}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"(top level): expected a mapping, got {type(data).__name__}")
+        data = {}
+    for key in data:
+        if key not in SPEC:
+            problems.append(f"{key}: unknown key (known: {', '.join(SPEC)})")
+    for section, fields in SPEC.items():
+        raw = data.get(section, {})
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            problems.append(f"{section}: expected a mapping, got {type(raw).__name__}")
+            raw = {}
+        for key in raw:
+            if key not in fields:
+                problems.append(f"{section}.{key}: unknown key (known: {', '.join(fields)})")
+        sec = {}
+        for key, f in fields.items():
+            if key in raw:
+                sec[key] = _check_value(f"{section}.{key}", f, raw[key], problems)
+            else:
+                sec[key] = tuple(f.default) if isinstance(f.default, list) else f.default
+        values[section] = sec
+    return values
+
+
+def _cross_check(v, base_dir, problems):
+    k = v["kubernetes"]
+    if k["source"] == "dir":
+        if not k["path"]:
+            problems.append("kubernetes.path: required when kubernetes.source is dir")
+        else:
+            tree = (base_dir / k["path"]).resolve()
+            if not (tree / "kubernetes").is_dir():
+                problems.append(f"kubernetes.path: {tree} has no kubernetes/ folder")
+    if k["source"] == "release":
+        for key in ("server_url", "server_sha256", "test_url", "test_sha256"):
+            if not k[key]:
+                problems.append(f"kubernetes.{key}: required when kubernetes.source is release")
+    for i, img in enumerate(k["extra_images"] or ()):
+        if img is None:
+            continue
+        if k["source"] == "sample":
+            problems.append(f"kubernetes.extra_images[{i}]: the sample source generates its own extra images")
+        elif not (base_dir / img).is_file():
+            problems.append(f"kubernetes.extra_images[{i}]: {base_dir / img} does not exist")
+    if v["cni"]["source"] == "tgz":
+        for key in ("url", "sha256"):
+            if not v["cni"][key]:
+                problems.append(f"cni.{key}: required when cni.source is tgz")
+    c = v["cluster"]
+    nets = {}
+    for key in ("pod_subnet", "service_subnet", "node_subnet"):
+        try:
+            nets[key] = ipaddress.ip_network(c[key]) if c[key] else None
+        except ValueError:
+            nets[key] = None
+    keys = [k for k in nets if nets[k] is not None]
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            if nets[a].version == nets[b].version and nets[a].overlaps(nets[b]):
+                problems.append(f"cluster.{a}: {c[a]} overlaps cluster.{b} {c[b]}")
+    if nets.get("pod_subnet") is not None and nets["pod_subnet"].version == 4 \
+            and nets["pod_subnet"].prefixlen > 20:
+        problems.append(f"cluster.pod_subnet: {c['pod_subnet']} is too small: each node takes a /24")
+    if v["node"]["repository"] == v["cluster"]["repository"]:
+        problems.append("cluster.repository: must differ from node.repository")
+
+
+# ---------------------------------------------------------------- the result
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration. Sections are read-only mappings."""
+
+    path: Path
+    base_dir: Path
+    kubernetes: MappingProxyType
+    cni: MappingProxyType
+    base: MappingProxyType
+    node: MappingProxyType
+    cluster: MappingProxyType
+    build: MappingProxyType
+    raw: MappingProxyType = field(repr=False)
+
+    def resolve(self, rel):
+        """A path from the config file, made absolute."""
+        return (self.base_dir / rel).resolve()
+
+    def as_dict(self):
+        return {k: _plain(v) for k, v in self.raw.items()}
+
+    @property
+    def source_date_epoch(self):
+        env = os.environ.get("SOURCE_DATE_EPOCH")
+        if env and env.isdigit():
+            return int(env)
+        return int(self.build["source_date_epoch"])
+
+
+def _plain(v):
+    if isinstance(v, (dict, MappingProxyType)):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _freeze(v):
+    return MappingProxyType({k: (tuple(x) if isinstance(x, list) else x) for k, x in v.items()})
+
+
+def parse(text, path, base_dir=None):
+    """Decode and validate config text; raise ConfigError listing every problem."""
+    path = Path(path)
+    base_dir = Path(base_dir) if base_dir else path.resolve().parent
+    data, problems = _decode(path, text)
+    values = _validate_shape(data, problems)
+    _cross_check(values, base_dir, problems)
+    if problems:
+        raise ConfigError(path, problems)
+    frozen = {k: _freeze(v) for k, v in values.items()}
+    return Config(path=path, base_dir=base_dir, raw=MappingProxyType(frozen), **frozen)
+
+
+def load(path=None):
+    """Load the config named by ``path``, $DINDIND_CONFIG, or the embedded default."""
+    path = path or os.environ.get("DINDIND_CONFIG") or DEFAULT_CONFIG
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read the config file: {exc.strerror}"]) from None
+    return parse(text, path)
+
+
+# ---------------------------------------------------------------- JSON Schema
+
+def _field_schema(f):
+    s = {"type": [f.kind, "null"] if f.nullable else f.kind}
+    if f.doc:
+        s["description"] = f.doc
+    if f.enum:
+        s["enum"] = list(f.enum) + ([None] if f.nullable else [])
+    if f.pattern:
+        s["pattern"] = f.pattern
+    if f.minimum is not None:
+        s["minimum"] = f.minimum
+    if f.maximum is not None:
+        s["maximum"] = f.maximum
+    if f.kind == "array":
+        s["items"] = _field_schema(f.items)
+    if f.default is not None:
+        s["default"] = list(f.default) if isinstance(f.default, (list, tuple)) else f.default
+    return s
+
+
+def json_schema():
+    """The JSON Schema (draft 2020-12) of the config file, derived from SPEC."""
+    props = {}
+    for section, fields in SPEC.items():
+        props[section] = {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "properties": {k: _field_schema(f) for k, f in fields.items()},
+        }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://dindind.invalid/config.schema.json",
+        "title": "dindind configuration",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
+    }

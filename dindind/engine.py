@@ -1,0 +1,319 @@
+"""The one module that talks to the Docker engine.
+
+Everything else in dindind works on paths and values. Functions here raise
+:class:`EngineError` with a message a user can act on; an unreachable engine
+is one line saying how to start one.
+"""
+
+import collections
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+from pathlib import Path
+
+from . import fsutil, proc
+from .errors import EngineError
+
+SOCKET = "/var/run/docker.sock"
+START_HINT = ("start one: `python -m dindind engine` installs Debian's docker.io if missing "
+              "and starts dockerd (as root); or `systemctl start docker`")
+
+# The capability set that works where --privileged is refused (DESIGN.md).
+FALLBACK = {
+    "cap_add": ["ALL"],
+    "cap_drop": ["SYS_RESOURCE"],
+    "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+    "device_cgroup_rules": ["a *:* rwm"],
+}
+PRIVILEGED = {"privileged": True, "security_opt": ["seccomp=unconfined", "apparmor=unconfined"]}
+
+
+# ------------------------------------------------------------------ the fast path
+
+def _socket_path():
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        return host[len("unix://"):]
+    return SOCKET
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=5):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def _raw_get(path, timeout=5):
+    """GET an engine API path without importing the SDK (for up-to-date checks)."""
+    conn = _UnixConnection(_socket_path(), timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except OSError as exc:
+        raise EngineError(f"cannot reach the Docker engine at unix://{_socket_path()}: {exc.strerror or exc}",
+                          hint=START_HINT) from None
+    finally:
+        conn.close()
+
+
+def ping():
+    """True if an engine answers on the socket."""
+    try:
+        status, _ = _raw_get("/_ping", timeout=3)
+    except EngineError:
+        return False
+    return status == 200
+
+
+def image_id(ref):
+    """The id of an image in the engine, or None if it is not there."""
+    status, body = _raw_get("/images/" + urllib.parse.quote(ref, safe=":@/") + "/json")
+    if status == 404:
+        return None
+    if status != 200:
+        raise EngineError(f"cannot inspect image {ref}: HTTP {status} {body[:200]!r}")
+    return json.loads(body)["Id"]
+
+
+def stamp_uptodate(stamp_path):
+    """doit ``uptodate`` check: the stamp exists and its image is still in the engine."""
+    try:
+        stamp = json.loads(Path(stamp_path).read_text())
+        return image_id(stamp["id"]) == stamp["id"]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+# ------------------------------------------------------------------ the SDK
+
+_CLIENT = None
+
+
+def client():
+    """A docker SDK APIClient, or EngineError with how to start an engine."""
+    global _CLIENT
+    if _CLIENT is None:
+        import docker
+
+        if not ping():
+            raise EngineError(f"cannot reach the Docker engine at unix://{_socket_path()}", hint=START_HINT)
+        try:
+            _CLIENT = docker.APIClient(base_url=f"unix://{_socket_path()}", version="auto", timeout=600)
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"cannot talk to the Docker engine: {exc}", hint=START_HINT) from None
+    return _CLIENT
+
+
+def _sdk_errors():
+    import docker
+    import requests
+
+    return (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def inspect_image(ref):
+    try:
+        return client().inspect_image(ref)
+    except _sdk_errors() as exc:
+        raise EngineError(f"cannot inspect image {ref}: {exc}") from None
+
+
+def tag(image, ref):
+    repo, _, t = ref.rpartition(":")
+    if "/" in t or not repo:
+        repo, t = ref, "latest"
+    client().tag(image, repo, t, force=True)
+
+
+def build(context_tar, tags, *, labels=None, buildargs=None, log_path=None, echo=print):
+    """Build an image from a context tarball; return its id.
+
+    Streams the context and the build log; prints each Dockerfile step. On
+    failure raises EngineError naming the failing step with the log's tail.
+    """
+    tail = collections.deque(maxlen=40)
+    step = None
+    image = None
+    log = open(log_path, "w") if log_path else None
+    try:
+        with open(context_tar, "rb") as ctx:
+            stream = client().build(fileobj=ctx, custom_context=True, tag=tags[0], labels=labels or {},
+                                    buildargs=buildargs or {}, rm=True, forcerm=True, pull=False,
+                                    decode=True)
+            for event in stream:
+                if "stream" in event:
+                    text = event["stream"]
+                    if log:
+                        log.write(text)
+                    for line in text.splitlines():
+                        if not line.strip():
+                            continue
+                        tail.append(line)
+                        if line.startswith("Step "):
+                            step = line
+                            echo(f"  {line}")
+                        m = re.match(r"^Successfully built ([0-9a-f]+)", line)
+                        if m:
+                            image = m.group(1)
+                elif "aux" in event and "ID" in event["aux"]:
+                    image = event["aux"]["ID"]
+                elif "error" in event or "errorDetail" in event:
+                    msg = event.get("error") or event["errorDetail"].get("message", "")
+                    if log:
+                        log.write(msg + "\n")
+                    raise EngineError(
+                        f"docker build of {tags[0]} failed at {step or 'the start'}: {msg.strip()}",
+                        detail="\n".join(tail),
+                        hint=f"full log: {log_path}" if log_path else None)
+    except _sdk_errors() as exc:
+        raise EngineError(f"docker build of {tags[0]} failed: {exc}", detail="\n".join(tail)) from None
+    finally:
+        if log:
+            log.close()
+    if image is None:
+        raise EngineError(f"docker build of {tags[0]} reported no image id", detail="\n".join(tail))
+    full = inspect_image(image)["Id"]
+    for ref in tags[1:]:
+        tag(full, ref)
+    return full
+
+
+def import_rootfs(tar_path, ref, changes):
+    """``docker import`` a root filesystem tarball; return the image id."""
+    repo, _, t = ref.rpartition(":")
+    try:
+        with open(tar_path, "rb") as f:
+            out = client().import_image_from_stream(f, repository=repo, tag=t, changes=changes)
+    except _sdk_errors() as exc:
+        raise EngineError(f"docker import of {ref} failed: {exc}") from None
+    status = out if isinstance(out, str) else json.dumps(out)
+    if "error" in status.lower():
+        raise EngineError(f"docker import of {ref} failed: {status[-500:]}")
+    return inspect_image(ref)["Id"]
+
+
+def pull(ref):
+    try:
+        client().pull(ref)
+    except _sdk_errors() as exc:
+        raise EngineError(f"cannot pull {ref}: {exc}",
+                          hint="pull or load it yourself, or unset base.image to build one with debootstrap") from None
+    return inspect_image(ref)["Id"]
+
+
+def save(ref, out_path, compress="zstd", level=3):
+    """``docker save`` an image to ``out_path``, streamed, optionally zstd-compressed.
+
+    Never holds the image in memory; the file appears only when complete.
+    """
+    try:
+        chunks = client().get_image(ref, chunk_size=1 << 20)
+        with fsutil.atomic_path(out_path) as tmp:
+            with open(tmp, "wb") as out:
+                if compress == "zstd":
+                    z = subprocess.Popen(["zstd", "-q", f"-{level}", "-T0", "-c"], stdin=subprocess.PIPE, stdout=out)
+                    try:
+                        for chunk in chunks:
+                            z.stdin.write(chunk)
+                    finally:
+                        z.stdin.close()
+                        if z.wait() != 0:
+                            raise EngineError(f"zstd failed while saving {ref}")
+                else:
+                    for chunk in chunks:
+                        out.write(chunk)
+    except _sdk_errors() as exc:
+        raise EngineError(f"docker save of {ref} failed: {exc}") from None
+    return Path(out_path)
+
+
+def remove_image(ref):
+    try:
+        client().remove_image(ref, force=True)
+    except _sdk_errors():
+        pass
+
+
+# ------------------------------------------------------------------ privileged containers
+
+def privilege_opts(image):
+    """The host-config options for a container that needs privilege.
+
+    Tries ``--privileged`` once with a throwaway container; where the engine
+    refuses it (CAP_SYS_RESOURCE outside the bounding set, as on restricted
+    VMs) returns the capability fallback from DESIGN.md. Detect, don't ask.
+    """
+    api = client()
+    for opts in (PRIVILEGED, FALLBACK):
+        hc = api.create_host_config(**opts)
+        name = f"dindind-probe-{os.getpid()}-{int(time.time() * 1000)}"
+        try:
+            c = api.create_container(image, command=["true"], entrypoint=[], host_config=hc, name=name,
+                                     labels={"io.dindind.probe": "1"})
+            try:
+                api.start(c)
+                if api.wait(c, timeout=60).get("StatusCode") == 0:
+                    return dict(opts)
+            finally:
+                api.remove_container(c, force=True)
+        except _sdk_errors():
+            continue
+    raise EngineError("the engine refuses both --privileged and the capability fallback",
+                      hint="dindind needs an engine that can run systemd in a container")
+
+
+def run_args(opts):
+    """``docker run`` command-line flags for privilege options from privilege_opts()."""
+    args = []
+    if opts.get("privileged"):
+        args.append("--privileged")
+    args += [f"--cap-add={c}" for c in opts.get("cap_add", [])]
+    args += [f"--cap-drop={c}" for c in opts.get("cap_drop", [])]
+    args += [f"--security-opt={s}" for s in opts.get("security_opt", [])]
+    args += [f"--device-cgroup-rule={r}" for r in opts.get("device_cgroup_rules", [])]
+    return args
+
+
+# ------------------------------------------------------------------ setting up an engine
+
+def ensure(log=print, wait=60):
+    """Make sure an engine answers: install docker.io and start dockerd if needed.
+
+    Side effects (as root only): ``apt-get install docker.io`` when no dockerd
+    exists; ``dockerd`` started in the background, logging to
+    /var/log/dindind-dockerd.log. Returns a line saying what it did.
+    """
+    if ping():
+        return "the Docker engine answers"
+    if os.geteuid() != 0:
+        raise EngineError("no Docker engine answers and this is not root", hint=START_HINT)
+    did = []
+    if not shutil.which("dockerd"):
+        log("installing Debian's docker.io ...")
+        proc.run(["apt-get", "update", "-qq"])
+        proc.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker.io"],
+                 env={"DEBIAN_FRONTEND": "noninteractive"})
+        did.append("installed docker.io")
+    log("starting dockerd ...")
+    with open("/var/log/dindind-dockerd.log", "ab") as out:
+        subprocess.Popen(["dockerd"], stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if ping():
+            did.append("started dockerd")
+            return "; ".join(did)
+        time.sleep(0.5)
+    raise EngineError(f"dockerd did not answer within {wait}s",
+                      hint="see /var/log/dindind-dockerd.log")

@@ -1,0 +1,253 @@
+"""Filesystem helpers: atomic writes, digests, safe and deterministic tars.
+
+Nothing here leaves a half-written artifact behind: every writer works on a
+temporary name in the target's own directory and renames it into place only
+when complete, so an interrupted build (Ctrl-C, kill -9) leaves either the old
+artifact or none, never a truncated one that a later run would accept.
+"""
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from .errors import InputError
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest_json(value):
+    """A stable digest of a JSON-able value (sorted keys, no whitespace)."""
+    return sha256_bytes(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=""):
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a temporary directory beside ``path``; swap it in on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_bytes(path, data, mode=None):
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+        if mode is not None:
+            os.chmod(tmp, mode)
+    return Path(path)
+
+
+def write_text(path, text, mode=None):
+    return write_bytes(path, text.encode(), mode)
+
+
+def write_json(path, value, mode=None):
+    return write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n", mode)
+
+
+def write_if_changed(path, data, mode=0o644):
+    """Write ``data`` atomically unless the file already holds exactly it.
+
+    Keeps mtimes (and doit's checks) still on a no-op. Returns True if written.
+    """
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    try:
+        if path.read_bytes() == data and (path.stat().st_mode & 0o777) == mode:
+            return False
+    except FileNotFoundError:
+        pass
+    write_bytes(path, data, mode)
+    return True
+
+
+def copy_file(src, dst, mode=None):
+    """Copy ``src`` to ``dst`` atomically, streaming."""
+    with atomic_path(dst) as tmp:
+        with open(src, "rb") as fi, open(tmp, "wb") as fo:
+            shutil.copyfileobj(fi, fo, CHUNK)
+        if mode is not None:
+            os.chmod(tmp, mode)
+    return Path(dst)
+
+
+def _check_member(member, dest):
+    name = PurePosixPath(member.name)
+    if name.is_absolute() or ".." in name.parts:
+        return f"entry {member.name!r} escapes the extraction directory"
+    if member.issym() or member.islnk():
+        target = PurePosixPath(member.linkname)
+        base = name.parent if member.issym() else PurePosixPath()
+        if target.is_absolute() or ".." in (base / target).parts and not _inside(base / target):
+            return f"link {member.name!r} -> {member.linkname!r} escapes the extraction directory"
+    if member.isdev():
+        return f"entry {member.name!r} is a device file"
+    return None
+
+
+def _inside(p):
+    depth = 0
+    for part in p.parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            return False
+    return True
+
+
+def safe_extract(archive, dest, what="archive"):
+    """Extract a tar archive into ``dest``, refusing entries that escape it.
+
+    Raises InputError naming the archive and the offending entry; a truncated
+    or corrupt archive is named too. Extraction goes to a temporary directory
+    first, so a refusal leaves nothing behind.
+    """
+    archive = Path(archive)
+    try:
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            for m in members:
+                problem = _check_member(m, dest)
+                if problem:
+                    raise InputError(f"refusing {what} {archive}: {problem}",
+                                     hint="the tarball is malicious or broken; get it again from a trusted source")
+            with atomic_dir(dest) as tmp:
+                for m in members:
+                    tf.extract(m, tmp, set_attrs=True, filter="fully_trusted")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"cannot read {what} {archive}: {exc}",
+                         hint="the file is truncated or not a tar archive; download or rebuild it") from None
+    return Path(dest)
+
+
+def check_tar(archive, what="tarball"):
+    """Read a tar archive end to end; raise InputError if it is truncated or corrupt."""
+    try:
+        with tarfile.open(archive) as tf:
+            names = []
+            for m in tf:
+                names.append(m.name)
+                if m.isfile():
+                    f = tf.extractfile(m)
+                    while f.read(CHUNK):
+                        pass
+            return names
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise InputError(f"{what} {archive} is truncated or corrupt: {exc}",
+                         hint="rebuild or download it again") from None
+
+
+class DeterministicTar:
+    """A tar writer whose bytes depend only on the entries given.
+
+    Entries are sorted, owned by root, stamped with ``mtime`` and carry only
+    the permission bits given, so a build context (and the COPY layers made
+    from it) is the same in every checkout and on every day.
+    """
+
+    def __init__(self, mtime):
+        self.mtime = int(mtime)
+        self.entries = {}
+
+    def add_file(self, arcname, src, mode=0o644):
+        self.entries[self._norm(arcname)] = ("file", Path(src), mode)
+
+    def add_bytes(self, arcname, data, mode=0o644):
+        if isinstance(data, str):
+            data = data.encode()
+        self.entries[self._norm(arcname)] = ("bytes", data, mode)
+
+    def add_tree(self, arcdir, srcdir):
+        srcdir = Path(srcdir)
+        for p in sorted(srcdir.rglob("*")):
+            if p.is_file():
+                mode = 0o755 if os.access(p, os.X_OK) else 0o644
+                self.add_file(f"{arcdir}/{p.relative_to(srcdir).as_posix()}", p, mode)
+
+    @staticmethod
+    def _norm(arcname):
+        return str(PurePosixPath(arcname.lstrip("/")))
+
+    def _info(self, name, kind, size=0, mode=0o644):
+        ti = tarfile.TarInfo(name)
+        ti.type = kind
+        ti.size = size
+        ti.mode = mode
+        ti.mtime = self.mtime
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = "root"
+        return ti
+
+    def write(self, fileobj):
+        dirs = set()
+        for name in self.entries:
+            parts = PurePosixPath(name).parts
+            for i in range(1, len(parts)):
+                dirs.add(str(PurePosixPath(*parts[:i])))
+        with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.GNU_FORMAT) as tf:
+            for name in sorted(dirs | set(self.entries)):
+                if name in dirs and name not in self.entries:
+                    tf.addfile(self._info(name, tarfile.DIRTYPE, mode=0o755))
+                    continue
+                kind, src, mode = self.entries[name]
+                if kind == "bytes":
+                    tf.addfile(self._info(name, tarfile.REGTYPE, len(src), mode), io.BytesIO(src))
+                else:
+                    size = src.stat().st_size
+                    with open(src, "rb") as f:
+                        tf.addfile(self._info(name, tarfile.REGTYPE, size, mode), f)
+
+    def write_to(self, path):
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                self.write(f)
+        return Path(path)

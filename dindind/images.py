@@ -1,0 +1,254 @@
+"""The image builders: base, node, cluster. doit actions (see dindind.tasks).
+
+Each builder assembles a deterministic build context (sorted, root-owned,
+mtimes at SOURCE_DATE_EPOCH) from rendered templates and artifacts, streams
+it to the engine, and records the result in a stamp
+``artifacts/images/<name>.json`` (id, tags, input digests). Images carry
+their input digests as labels.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import engine, fsutil, proc, render
+from .config import ROOT
+from .errors import DindindError
+from .layout import Layout, docker_tag
+
+BASE_RECIPE = 1  # bump when build_base's recipe changes
+NODE_PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "containerd", "runc", "iptables", "iproute2", "socat",
+    "util-linux", "mount", "ebtables", "ethtool", "conntrack", "kmod", "ca-certificates", "procps",
+    "libseccomp2", "openssl", "bash",
+)
+CLUSTER_PACKAGES = (
+    "docker.io", "zstd", "python3", "python3-yaml", "python3-jinja2", "iproute2", "iptables", "procps",
+    "ca-certificates", "kmod",
+)
+LABEL = "io.dindind"
+
+
+# ------------------------------------------------------------------ values (no I/O)
+
+def image_refs(cfg, version):
+    """{'node': 'dindind/node:<tag>', 'cluster': ...} for a Kubernetes version."""
+    tag = docker_tag(version)
+    return {
+        "node": f"{cfg.node['repository']}:{cfg.node['tag'] or tag}",
+        "cluster": f"{cfg.cluster['repository']}:{cfg.cluster['tag'] or tag}",
+    }
+
+
+def base_inputs(cfg):
+    """What the debootstrap base depends on: a change of any of these rebuilds it."""
+    return {"suite": cfg.base["suite"], "mirror": cfg.base["mirror"], "variant": "minbase",
+            "recipe": BASE_RECIPE}
+
+
+def base_ref(cfg):
+    if cfg.base["image"]:
+        return cfg.base["image"]
+    return f"{cfg.base['repository']}:{cfg.base['suite']}-{fsutil.digest_json(base_inputs(cfg))[:12]}"
+
+
+def read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DindindError(f"cannot read {path}: {exc}", hint="run `doit build` again") from None
+
+
+def write_stamp(path, image_id, tags, inputs, extra=None):
+    stamp = {"id": image_id, "tags": list(tags), "inputs": inputs}
+    stamp.update(extra or {})
+    fsutil.write_if_changed(path, json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+    return stamp
+
+
+def input_labels(inputs):
+    """Image labels from {name: digest}."""
+    labels = {f"{LABEL}.input.{k}": v for k, v in sorted(inputs.items())}
+    labels[f"{LABEL}.inputs"] = "sha256:" + fsutil.digest_json(inputs)
+    return labels
+
+
+# ------------------------------------------------------------------ base
+
+def build_base(cfg, layout, echo=print):
+    """Make the base image exist in the engine and write its stamp.
+
+    ``base.image`` set: use (pull if absent) that image. Otherwise debootstrap
+    a minbase rootfs and ``docker import`` it, unless an image with the same
+    input digest is already in the engine (another checkout built it).
+    """
+    ref = base_ref(cfg)
+    inputs = base_inputs(cfg) if not cfg.base["image"] else {"image": ref}
+    image = engine.image_id(ref)
+    if image:
+        echo(f"  reusing {ref}")
+    elif cfg.base["image"]:
+        image = engine.pull(ref)
+    else:
+        image = _debootstrap_import(cfg, layout, ref, inputs, echo)
+    return write_stamp(layout.stamp("base"), image, [ref], inputs)
+
+
+def _debootstrap_import(cfg, layout, ref, inputs, echo):
+    if not shutil.which("debootstrap"):
+        raise DindindError("debootstrap is not installed", hint="apt-get install debootstrap (./bootstrap does)")
+    layout.tmp.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="base-", dir=layout.tmp))
+    try:
+        rootfs = work / "rootfs"
+        echo(f"  debootstrap --variant=minbase {cfg.base['suite']} ({cfg.base['mirror']})")
+        proc.run(["debootstrap", "--variant=minbase", cfg.base["suite"], rootfs, cfg.base["mirror"]],
+                 hint="check network access to the Debian mirror (base.mirror)")
+        for junk in ("var/lib/apt/lists", "var/cache/apt", "var/log"):
+            for p in (rootfs / junk).glob("*"):
+                if p.is_file():
+                    p.unlink()
+        (rootfs / "etc/apt/sources.list").write_text(f"deb {cfg.base['mirror']} {cfg.base['suite']} main\n")
+        tar = work / "rootfs.tar"
+        proc.run(["tar", "-C", rootfs, "--numeric-owner", "--sort=name", "-cf", tar, "."])
+        changes = ['ENV container=docker', 'CMD ["/bin/bash"]']
+        changes += [f'LABEL {k}="{v}"' for k, v in input_labels({"base": fsutil.digest_json(inputs)}).items()]
+        echo(f"  docker import -> {ref}")
+        return engine.import_rootfs(tar, ref, changes)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ node
+
+def node_context(cfg, tree, base_stamp, deb_names):
+    """The values templates/node gets, computed here so the templates hold layout only."""
+    pause = next((ref for img in tree["images"] for ref in img["refs"] if "/pause:" in ref), None)
+    if pause is None:
+        raise DindindError("no pause image among the Kubernetes images",
+                           hint="add a pause image tarball to kubernetes.extra_images")
+    return {
+        "base_image": base_stamp["tags"][0],
+        "packages": sorted(set(NODE_PACKAGES) | set(cfg.node["packages"])),
+        "preload": bool(cfg.node["preload"]),
+        "debs": [f"{n}.deb" for n in deb_names],
+        "pause_image": pause,
+        "cgroup_driver": "systemd",
+    }
+
+
+def render_node(cfg, layout, deb_names):
+    tree = read_json(layout.kubernetes / "tree.json")
+    base = read_json(layout.stamp("base"))
+    ctx = node_context(cfg, tree, base, deb_names)
+    return render.render_tree(layout.templates / "node", ctx, layout.context / "node")
+
+
+def _digests(paths):
+    return {name: "sha256:" + fsutil.sha256_file(p) for name, p in paths.items()}
+
+
+def build_node(cfg, layout, deb_names, echo=print):
+    """Build the node image from the rendered context, the debs and the component images."""
+    tree = read_json(layout.kubernetes / "tree.json")
+    base = read_json(layout.stamp("base"))
+    ctx = fsutil.DeterministicTar(cfg.source_date_epoch)
+    ctx.add_tree("", layout.context / "node")
+    parts = {}
+    for name in deb_names:
+        ctx.add_file(f"debs/{name}.deb", layout.deb(name))
+        parts[f"deb.{name}"] = layout.deb(name)
+    for img in tree["images"]:
+        ctx.add_file(f"images/{img['name']}.tar", img["tarball"])
+        parts[f"image.{img['name']}"] = Path(img["tarball"])
+    inputs = _digests(parts)
+    inputs["context"] = "sha256:" + fsutil.digest_json(
+        {str(p.relative_to(layout.context)): fsutil.sha256_file(p)
+         for p in sorted((layout.context / "node").rglob("*")) if p.is_file()})
+    inputs["base"] = base["id"]
+    refs = image_refs(cfg, tree["version"])
+    labels = input_labels(inputs)
+    labels[f"{LABEL}.kubernetes.version"] = tree["version"]
+    labels[f"{LABEL}.preload"] = str(bool(cfg.node["preload"])).lower()
+    image = _build_context(layout, "node", ctx, [refs["node"]], labels, echo)
+    return write_stamp(layout.stamp("node"), image, [refs["node"]], inputs,
+                       {"kubernetes_version": tree["version"], "preload": bool(cfg.node["preload"])})
+
+
+def _build_context(layout, name, ctx, tags, labels, echo):
+    tar = layout.tmp / f"{name}-context.tar"
+    layout.tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        ctx.write_to(tar)
+        echo(f"  docker build -t {tags[0]} ({tar.stat().st_size / 1e6:.1f} MB context)")
+        return engine.build(tar, tags, labels=labels, log_path=layout.images / f"{name}.build.log", echo=echo)
+    finally:
+        tar.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ cluster
+
+def node_archive_name(cfg):
+    return "node-image.tar.zst" if cfg.cluster["compression"] == "zstd" else "node-image.tar"
+
+
+def save_node(cfg, layout, echo=print):
+    """Save the node image once, compressed, for the cluster image."""
+    stamp = read_json(layout.stamp("node"))
+    out = layout.images / node_archive_name(cfg)
+    echo(f"  docker save {stamp['tags'][0]} -> {out.name}")
+    engine.save(stamp["id"], out, compress=cfg.cluster["compression"])
+    return out
+
+
+def cluster_context(cfg, base_stamp, node_stamp):
+    return {
+        "base_image": base_stamp["tags"][0],
+        "packages": list(CLUSTER_PACKAGES),
+        "node_image": node_stamp["tags"][0],
+        "node_archive": node_archive_name(cfg),
+    }
+
+
+def render_cluster(cfg, layout):
+    ctx = cluster_context(cfg, read_json(layout.stamp("base")), read_json(layout.stamp("node")))
+    return render.render_tree(layout.templates / "cluster", ctx, layout.context / "cluster")
+
+
+def package_files(root=ROOT):
+    """The dindind package's own files that ship in the cluster image."""
+    return sorted(p for p in (Path(root) / "dindind").rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".j2", ".json", ".yaml"))
+
+
+def build_cluster(cfg, layout, test_bins, echo=print):
+    """Build the cluster image: base + engine + node image archive + test binaries + dindind."""
+    node = read_json(layout.stamp("node"))
+    base = read_json(layout.stamp("base"))
+    ctx = fsutil.DeterministicTar(cfg.source_date_epoch)
+    ctx.add_tree("", layout.context / "cluster")
+    archive = layout.images / node_archive_name(cfg)
+    ctx.add_file(f"node/{archive.name}", archive)
+    parts = {"node-archive": archive}
+    for name, path in sorted(test_bins.items()):
+        ctx.add_file(f"bin/{name}", path, 0o755)
+        parts[f"bin.{name}"] = Path(path)
+    pkg = {}
+    for p in package_files(layout.root):
+        rel = p.relative_to(layout.root).as_posix()
+        ctx.add_file(f"python/{rel}", p)
+        pkg[rel] = fsutil.sha256_file(p)
+    inputs = _digests(parts)
+    inputs["dindind"] = "sha256:" + fsutil.digest_json(pkg)
+    inputs["node"] = node["id"]
+    inputs["base"] = base["id"]
+    version = node["kubernetes_version"]
+    ref = image_refs(cfg, version)["cluster"]
+    labels = input_labels(inputs)
+    labels[f"{LABEL}.kubernetes.version"] = version
+    labels[f"{LABEL}.node-image"] = node["tags"][0]
+    image = _build_context(layout, "cluster", ctx, [ref], labels, echo)
+    return write_stamp(layout.stamp("cluster"), image, [ref], inputs,
+                       {"kubernetes_version": version, "node_image": node["tags"][0]})

@@ -1,0 +1,97 @@
+"""Where every artifact lives, derived from the project root and the config.
+
+Pure values: no I/O. Everything dindind writes is under ``artifacts/``.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ROOT
+
+COMPONENT_IMAGES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy")
+SERVER_BINARIES = ("kubelet", "kubeadm", "kubectl") + COMPONENT_IMAGES
+DEBS = ("kubernetes-cni", "kubelet", "kubectl", "kubeadm", "cri-tools")
+
+
+def docker_tag(version):
+    """A Kubernetes version as a docker tag: '+' is not allowed there."""
+    return version.replace("+", "_")
+
+
+def deb_version(version):
+    """v1.31.2-rc.1+abc -> 1.31.2~rc.1+abc-1 (sorts before the final release)."""
+    v = version[1:] if version.startswith("v") else version
+    core, plus, meta = v.partition("+")
+    core = core.replace("-", "~", 1).replace("-", ".")
+    return f"{core}{plus}{meta}-1"
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path = ROOT
+
+    @property
+    def artifacts(self):
+        return self.root / "artifacts"
+
+    @property
+    def templates(self):
+        return self.root / "templates"
+
+    @property
+    def tmp(self):
+        return self.artifacts / "tmp"
+
+    @property
+    def cache(self):
+        return self.artifacts / "cache"
+
+    @property
+    def kubernetes(self):
+        return self.artifacts / "kubernetes"
+
+    @property
+    def sample_root(self):
+        """The folder that holds the generated sample's kubernetes/."""
+        return self.kubernetes / "sample"
+
+    def release_root(self, server_sha256):
+        return self.kubernetes / f"release-{server_sha256[:16]}"
+
+    @property
+    def cni(self):
+        return self.artifacts / "cni"
+
+    @property
+    def debs(self):
+        return self.artifacts / "debs"
+
+    def deb(self, name):
+        return self.debs / f"{name}.deb"
+
+    @property
+    def context(self):
+        return self.artifacts / "context"
+
+    @property
+    def images(self):
+        return self.artifacts / "images"
+
+    def stamp(self, image):
+        return self.images / f"{image}.json"
+
+    @property
+    def clusters(self):
+        return self.artifacts / "clusters"
+
+    @property
+    def release(self):
+        return self.artifacts / "release"
+
+    @property
+    def dep_file(self):
+        return self.artifacts / ".doit.db"
+
+    @property
+    def lock(self):
+        return self.artifacts / ".lock"

@@ -1,0 +1,226 @@
+"""doit task creators: descriptions only, no I/O at load time.
+
+dodo.py imports these; each creator's docstring is its help line in
+``doit list``. Every action is a module-level function of plain values
+(``config path``, project root), so it pickles for ``doit -n``.
+"""
+
+import functools
+import sys
+from pathlib import Path
+
+from doit.exceptions import TaskFailed
+from doit.reporter import ConsoleReporter
+from doit.tools import config_changed
+
+from . import config as config_mod
+from . import layout as layout_mod
+from .errors import DindindError
+
+IMAGE_STAMPS = ("base", "node", "cluster")
+
+
+def action(func):
+    """Run a dindind step as a doit action: a DindindError becomes one clear failure."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            func(*args, **kwargs)
+        except DindindError as exc:
+            return TaskFailed(exc.render())
+        return None
+
+    return wrapper
+
+
+class Reporter(ConsoleReporter):
+    """doit's console reporter, printing a DindindError as ``ERROR: ...`` with no traceback."""
+
+    desc = "dindind console output"
+
+    def _write_failure(self, result, write_exception=True):
+        exc = result["exception"]
+        msg = exc.get_msg()
+        if isinstance(exc, TaskFailed) and msg.startswith("ERROR:"):
+            if write_exception:
+                sys.stderr.write(f"{result['task'].name}: {msg.rstrip()}\n")
+            return
+        super()._write_failure(result, write_exception)
+
+    def complete_run(self):
+        self.failures = [r for r in self.failures
+                         if not (isinstance(r["exception"], TaskFailed)
+                                 and r["exception"].get_msg().startswith("ERROR:"))]
+        super().complete_run()
+
+
+# ------------------------------------------------------------------ actions
+
+def _load(config_path, root):
+    return config_mod.load(config_path), layout_mod.Layout(Path(root))
+
+
+@action
+def do_kubernetes(config_path, root):
+    from . import sources
+
+    cfg, lay = _load(config_path, root)
+    sources.prepare(cfg, lay)
+
+
+@action
+def do_cni(config_path, root):
+    from . import cni
+
+    cfg, lay = _load(config_path, root)
+    cni.fetch_cni(cfg, lay)
+
+
+@action
+def do_deb(config_path, root, name):
+    from . import debs
+
+    cfg, lay = _load(config_path, root)
+    spec = debs.specs(cfg, lay)[name]
+    debs.build_deb(spec, lay.deb(name), cfg.source_date_epoch)
+
+
+@action
+def do_render(config_path, root, which):
+    from . import debs, images
+
+    cfg, lay = _load(config_path, root)
+    if which == "node":
+        images.render_node(cfg, lay, list(debs.specs(cfg, lay)))
+    else:
+        images.render_cluster(cfg, lay)
+
+
+@action
+def do_image(config_path, root, which):
+    from . import debs, images, sources
+
+    cfg, lay = _load(config_path, root)
+    if which == "base":
+        images.build_base(cfg, lay)
+    elif which == "node":
+        images.build_node(cfg, lay, list(debs.specs(cfg, lay)))
+    elif which == "node-archive":
+        images.save_node(cfg, lay)
+    else:
+        images.build_cluster(cfg, lay, sources.test_binaries(cfg, lay))
+
+
+@action
+def do_engine():
+    from . import engine
+
+    print(engine.ensure())
+
+
+# ------------------------------------------------------------------ creators
+
+def _stamp_check(stamp):
+    from . import engine
+
+    return (engine.stamp_uptodate, [str(stamp)], {})
+
+
+def build_tasks(config_path, root):
+    """Yield the subtasks of ``build``: one per artifact family."""
+    from . import debs, images, render, sources
+
+    cfg = config_mod.load(config_path)
+    lay = layout_mod.Layout(Path(root))
+    cfg_str = str(config_path) if config_path else None
+    args = (cfg_str, str(lay.root))
+    tree_json = lay.kubernetes / "tree.json"
+    k8s = sources.task_io(cfg, lay)
+    yield {
+        "name": "kubernetes",
+        "doc": f"prepare the Kubernetes tree ({cfg.kubernetes['source']} source) and check it",
+        "actions": [(do_kubernetes, args)],
+        "file_dep": k8s["file_dep"],
+        "targets": k8s["targets"] + [tree_json],
+        "uptodate": [config_changed(k8s["config"])],
+        "clean": True,
+    }
+    from . import cni
+
+    yield {
+        "name": "cni",
+        "doc": f"fetch the CNI plugins ({cfg.cni['source']})",
+        "actions": [(do_cni, args)],
+        "targets": cni.cni_files(lay),
+        "uptodate": [config_changed({k: cfg.cni[k] for k in cfg.cni})],
+    }
+    specs = debs.specs(cfg, lay)
+    for name, spec in specs.items():
+        yield {
+            "name": f"deb-{name}",
+            "doc": f"package {name}.deb with dpkg-deb",
+            "actions": [(do_deb, args + (name,))],
+            "file_dep": [str(p) for p in debs.spec_inputs(spec, lay)],
+            "task_dep": ["build:kubernetes", "build:cni"],
+            "targets": [lay.deb(name)],
+            "uptodate": [config_changed({"epoch": cfg.source_date_epoch, "version": debs.spec_key(spec)})],
+            "clean": True,
+        }
+    deb_files = [lay.deb(n) for n in specs]
+    yield {
+        "name": "base",
+        "doc": "the base image: debootstrap + docker import, or base.image",
+        "actions": [(do_image, args + ("base",))],
+        "targets": [lay.stamp("base")],
+        "uptodate": [config_changed(images.base_ref(cfg)), _stamp_check(lay.stamp("base"))],
+    }
+    node_ctx = lay.context / "node"
+    yield {
+        "name": "render-node",
+        "doc": "render the node image's Dockerfile, systemd units and containerd config",
+        "actions": [(do_render, args + ("node",))],
+        "file_dep": render.template_files(lay.templates / "node") + [tree_json, lay.stamp("base")],
+        "targets": render.outputs(lay.templates / "node", node_ctx),
+        "uptodate": [config_changed({"node": {k: cfg.node[k] for k in cfg.node}, "debs": list(specs)})],
+    }
+    image_tars = sources.image_tarballs(cfg, lay)
+    yield {
+        "name": "node",
+        "doc": "the node image: systemd, containerd, the debs, preloaded component images",
+        "actions": [(do_image, args + ("node",))],
+        "file_dep": render.outputs(lay.templates / "node", node_ctx) + deb_files + image_tars
+                    + [lay.stamp("base"), tree_json],
+        "targets": [lay.stamp("node")],
+        "uptodate": [config_changed({"refs": images.image_refs(cfg, "x"), "epoch": cfg.source_date_epoch}),
+                     _stamp_check(lay.stamp("node"))],
+    }
+    archive = lay.images / images.node_archive_name(cfg)
+    yield {
+        "name": "node-archive",
+        "doc": "save the node image once (zstd) for the cluster image",
+        "actions": [(do_image, args + ("node-archive",))],
+        "file_dep": [lay.stamp("node")],
+        "targets": [archive],
+        "clean": True,
+    }
+    cluster_ctx = lay.context / "cluster"
+    yield {
+        "name": "render-cluster",
+        "doc": "render the cluster image's Dockerfile and entrypoint",
+        "actions": [(do_render, args + ("cluster",))],
+        "file_dep": render.template_files(lay.templates / "cluster") + [lay.stamp("base"), lay.stamp("node")],
+        "targets": render.outputs(lay.templates / "cluster", cluster_ctx),
+        "uptodate": [config_changed({"compression": cfg.cluster["compression"]})],
+    }
+    yield {
+        "name": "cluster",
+        "doc": "the cluster image: a Docker engine, the node image, e2e.test, ginkgo, kubectl, dindind",
+        "actions": [(do_image, args + ("cluster",))],
+        "file_dep": render.outputs(lay.templates / "cluster", cluster_ctx) + [archive, lay.stamp("node")]
+                    + [str(p) for p in sources.test_binaries(cfg, lay).values()]
+                    + [str(p) for p in images.package_files(lay.root)],
+        "targets": [lay.stamp("cluster")],
+        "uptodate": [config_changed({"refs": images.image_refs(cfg, "x"), "epoch": cfg.source_date_epoch}),
+                     _stamp_check(lay.stamp("cluster"))],
+    }

@@ -1,0 +1,40 @@
+"""dindind's doit tasks: a table of contents. The work lives in dindind/.
+
+    doit build                    # the default: everything below
+    doit config=my.yaml build     # another config (or DINDIND_CONFIG=my.yaml)
+    doit list --all               # every task and subtask with its help line
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from doit import get_var
+
+from dindind import tasks
+from dindind.config import ROOT
+from dindind.errors import DindindError
+from dindind.layout import Layout
+
+CONFIG = get_var("config", None) or os.environ.get("DINDIND_CONFIG")
+DOIT_CONFIG = {"reporter": tasks.Reporter}
+
+try:
+    from dindind import lock
+
+    lock.hold(Layout(ROOT).lock)
+    _BUILD = list(tasks.build_tasks(CONFIG, ROOT))
+except DindindError as _exc:
+    sys.stderr.write(_exc.render() + "\n")
+    sys.exit(2)
+
+
+def task_build():
+    """Build everything: Kubernetes tree, CNI, debs, base, node and cluster images."""
+    yield {"name": None, "doc": task_build.__doc__}
+    yield from _BUILD
+
+
+def task_engine():
+    """Make sure a Docker engine answers (installs docker.io, starts dockerd; root)."""
+    return {"actions": [tasks.do_engine], "uptodate": [False], "verbosity": 2}
