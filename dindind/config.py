@@ -196,12 +196,13 @@ def _check_value(keypath, f, value, problems):
         problems.append(f"{keypath}: must not be empty (expected {f.kind})")
         return None
     if not _type_ok(f.kind, value):
-        problems.append(f"{keypath}: expected {f.kind}, got {type(value).__name__} {value!r}")
+        quote = " (quote it in YAML)" if f.kind == "string" and isinstance(value, (int, float)) else ""
+        problems.append(f"{keypath}: expected {f.kind}, got {type(value).__name__} {value!r}{quote}")
         return None
     if f.kind == "string":
         if f.enum and value not in f.enum:
             problems.append(f"{keypath}: {value!r} is not one of {', '.join(f.enum)}")
-        elif f.pattern and not re.match(f.pattern, value):
+        elif f.pattern and not re.fullmatch(f.pattern, value):
             problems.append(f"{keypath}: {value!r} is not {f.fmt or 'valid'}")
         elif f.check and (msg := f.check(value)):
             problems.append(f"{keypath}: {value!r} {msg}")

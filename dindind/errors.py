@@ -51,7 +51,7 @@ class CommandError(DindindError):
     def __init__(self, argv, returncode, output, hint=None):
         import shlex
 
-        self.argv = list(argv)
+        self.argv = [str(a) for a in argv]   # Paths too: shlex.join needs str
         self.returncode = returncode
         self.output = output or ""
         tail = "\n".join(self.output.rstrip().splitlines()[-25:])

@@ -142,30 +142,38 @@ def _inside(p):
     return True
 
 
-def safe_extract(archive, dest, what="archive"):
-    """Extract a tar archive into ``dest``, refusing entries that escape it.
+def safe_extract(archives, dest, what="archive"):
+    """Extract one tar archive, or several side by side, into ``dest``.
 
-    Raises InputError naming the archive and the offending entry; a truncated
-    or corrupt archive is named too. Extraction goes to a temporary directory
-    first, so a refusal leaves nothing behind.
+    Refuses entries that escape ``dest``: absolute or ``..`` names, links
+    pointing outside (checked by name first, then again at extraction time
+    against the real path, which catches link chains a name check misses),
+    device files. Raises InputError naming the archive and the offending
+    entry; a truncated or corrupt archive is named too. Every archive goes to
+    one temporary directory first, swapped in whole at the end, so a refusal
+    or failure leaves ``dest`` as it was.
     """
-    archive = Path(archive)
-    try:
-        with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            for m in members:
-                problem = _check_member(m, dest)
-                if problem:
-                    raise InputError(f"refusing {what} {archive}: {problem}",
-                                     hint="the tarball is malicious or broken; get it again from a trusted source")
-            with atomic_dir(dest) as tmp:
-                for m in members:
-                    tf.extract(m, tmp, set_attrs=True, filter="fully_trusted")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"cannot read {what} {archive}: {exc}",
-                         hint="the file is truncated or not a tar archive; download or rebuild it") from None
+    if isinstance(archives, (str, os.PathLike)):
+        archives = [archives]
+    archives = [Path(a) for a in archives]
+    refuse_hint = "the tarball is malicious or broken; get it again from a trusted source"
+    with atomic_dir(dest) as tmp:
+        for archive in archives:
+            try:
+                with tarfile.open(archive) as tf:
+                    members = tf.getmembers()
+                    for m in members:
+                        problem = _check_member(m, dest)
+                        if problem:
+                            raise InputError(f"refusing {what} {archive}: {problem}", hint=refuse_hint)
+                    for m in members:
+                        tf.extract(m, tmp, set_attrs=True, filter="data")
+            except tarfile.FilterError as exc:
+                raise InputError(f"refusing {what} {archive}: {exc}", hint=refuse_hint) from None
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                raise InputError(f"cannot read {what} {archive}: {exc}",
+                                 hint="the file is truncated or not a tar archive; download or rebuild it") from None
+        os.chmod(tmp, 0o755)
     return Path(dest)
 
 

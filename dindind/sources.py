@@ -1,0 +1,401 @@
+"""The Kubernetes inputs: where the tree is, what is in it, and getting it.
+
+Three sources give the same tree layout (the official release tarballs
+extracted side by side)::
+
+    kubernetes/version
+    kubernetes/server/bin/{kubelet,kubeadm,kubectl,kube-apiserver,...}
+    kubernetes/server/bin/<component>.tar          docker-archive
+    kubernetes/server/bin/<component>.docker_tag   the tag of registry.k8s.io/<component>-amd64
+    kubernetes/test/bin/{e2e.test,ginkgo}
+
+``sample`` generates a stand-in tree (:mod:`dindind.sample`), ``dir`` uses a
+folder in place, ``release`` downloads, verifies, caches and extracts the
+release tarballs. :func:`read_tree` validates any of them into a :class:`Tree`.
+"""
+
+import hashlib
+import json
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from . import dockerarchive, fsutil, sample
+from .config import TAG_RE, VERSION_RE
+from .errors import InputError
+from .layout import COMPONENT_IMAGES, SERVER_BINARIES, docker_tag
+
+ARCH = sample.ARCH
+REGISTRY = sample.REGISTRY
+TEST_BINARIES = sample.TEST_BINARIES
+RELEASE_STAMP = ".dindind-release.json"
+DOWNLOAD_TIMEOUT = 60
+_LAYOUT_HINT = ("the folder must hold kubernetes/ laid out like the official server and test "
+                "release tarballs extracted side by side (see docs: 'The Kubernetes tree')")
+
+
+# ---------------------------------------------------------------- pure paths
+
+@dataclass(frozen=True)
+class TreePaths:
+    """Every path in a tree that downstream tasks depend on (no I/O)."""
+
+    root: Path
+    kubernetes: Path
+    version: Path
+    binaries: MappingProxyType          # server binary name -> path
+    image_tars: MappingProxyType        # component name -> docker-archive
+    docker_tags: MappingProxyType       # component name -> .docker_tag file
+    e2e_test: Path
+    ginkgo: Path
+    crictl: Path                        # optional: may not exist
+
+    def required(self):
+        """Every path that must exist (for doit ``file_dep``), sorted."""
+        paths = [self.version, self.e2e_test, self.ginkgo]
+        paths += list(self.binaries.values()) + list(self.image_tars.values())
+        paths += list(self.docker_tags.values())
+        return tuple(sorted(paths))
+
+
+@dataclass(frozen=True)
+class Image:
+    """A docker-archive to load, with the reference it is tagged with."""
+
+    name: str
+    tarball: Path
+    ref: str
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A validated Kubernetes tree."""
+
+    root: Path
+    version: str
+    paths: TreePaths
+    images: tuple                       # Image: the components, then the extra images
+    crictl: Path = None                 # present only if the tree has one
+
+    @property
+    def tag(self):
+        return docker_tag(self.version)
+
+    @property
+    def component_images(self):
+        return tuple(i for i in self.images if i.name in COMPONENT_IMAGES)
+
+    @property
+    def extra_images(self):
+        return tuple(i for i in self.images if i.name not in COMPONENT_IMAGES)
+
+
+def tree_root(cfg, layout):
+    """The folder containing ``kubernetes/`` for the configured source (pure)."""
+    k = cfg.kubernetes
+    if k["source"] == "sample":
+        return layout.sample_root
+    if k["source"] == "dir":
+        return cfg.resolve(k["path"])
+    if k["source"] == "release":
+        return layout.release_root(k["server_sha256"])
+    raise ValueError(f"unknown kubernetes.source {k['source']!r}")
+
+
+def tree_paths(root):
+    """The :class:`TreePaths` of the tree under ``root`` (pure)."""
+    kube = Path(root) / "kubernetes"
+    sbin = kube / "server" / "bin"
+    tbin = kube / "test" / "bin"
+    return TreePaths(
+        root=Path(root),
+        kubernetes=kube,
+        version=kube / "version",
+        binaries=MappingProxyType({n: sbin / n for n in SERVER_BINARIES}),
+        image_tars=MappingProxyType({n: sbin / f"{n}.tar" for n in COMPONENT_IMAGES}),
+        docker_tags=MappingProxyType({n: sbin / f"{n}.docker_tag" for n in COMPONENT_IMAGES}),
+        e2e_test=tbin / "e2e.test",
+        ginkgo=tbin / "ginkgo",
+        crictl=sbin / "crictl",
+    )
+
+
+def extra_images(cfg, layout):
+    """The extra image tarballs kubeadm needs (etcd, coredns, pause) (pure)."""
+    if cfg.kubernetes["source"] == "sample":
+        return tuple(layout.sample_root / "kubernetes" / "extra-images" / f"{n}.tar"
+                     for n in sample.EXTRA_IMAGES)
+    return tuple(cfg.resolve(p) for p in cfg.kubernetes["extra_images"] or ())
+
+
+# ---------------------------------------------------------------- validation
+
+def _read_line(path, what, problems):
+    """The single line in ``path`` (trailing newline allowed), or None with a problem noted."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        problems.append(f"{path}: missing ({what})")
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: unreadable ({what}): {exc}")
+        return None
+    lines = text.splitlines()
+    if len(lines) != 1 or text.strip("\n") != lines[0] or "\r" in text:
+        problems.append(f"{path}: must hold exactly one line ({what}), found {len(lines)}")
+        return None
+    return lines[0]
+
+
+def _image_name(ref):
+    """registry.k8s.io/coredns/coredns:v1.11.3 -> coredns; kube-apiserver-amd64 -> kube-apiserver."""
+    repo = ref.split("@", 1)[0]
+    last = repo.rsplit("/", 1)[-1]
+    name = last.split(":", 1)[0]
+    return name[: -len(f"-{ARCH}")] if name.endswith(f"-{ARCH}") else name
+
+
+def _check_version(paths, problems):
+    version = _read_line(paths.version, "the Kubernetes version, e.g. v1.31.2", problems)
+    if version is not None and not re.fullmatch(VERSION_RE, version):
+        problems.append(f"{paths.version}: {version!r} is not a Kubernetes version like v1.31.2")
+        return None
+    return version
+
+
+def _check_component(name, paths, version, problems):
+    tag_file, tar = paths.docker_tags[name], paths.image_tars[name]
+    tag = _read_line(tag_file, f"the docker tag of {name}", problems)
+    if tag is not None:
+        if not re.fullmatch(TAG_RE, tag):
+            problems.append(f"{tag_file}: {tag!r} is not a valid docker tag")
+        elif version is not None and tag != docker_tag(version):
+            problems.append(f"{tag_file}: tag {tag!r} does not match the version {version!r} "
+                            f"(expected {docker_tag(version)!r})")
+    # the version decides the expected tag; a wrong .docker_tag is reported above, not twice
+    expected_tag = docker_tag(version) if version else (tag if tag and re.fullmatch(TAG_RE, tag) else None)
+    expected = f"{REGISTRY}/{name}-{ARCH}:{expected_tag}" if expected_tag else None
+    try:
+        tags = dockerarchive.repo_tags(tar)
+    except InputError as exc:
+        problems.append(exc.message)
+        return None
+    if expected and expected not in tags:
+        problems.append(f"{tar}: tagged {', '.join(tags)}; expected {expected}")
+    return Image(name, tar, expected)
+
+
+def _check_extra(path, problems):
+    try:
+        tags = dockerarchive.repo_tags(path)
+    except InputError as exc:
+        problems.append(exc.message)
+        return None
+    return Image(_image_name(tags[0]), Path(path), tags[0])
+
+
+def read_tree(root, extra_images=()):
+    """Validate the tree under ``root`` and return a :class:`Tree`.
+
+    Reads the version, the .docker_tag files and the image tarballs' manifests
+    (headers only; layers are not read). Raises one InputError listing every
+    problem found, each naming its file. No side effects.
+    """
+    paths = tree_paths(root)
+    if not paths.kubernetes.is_dir():
+        raise InputError(f"no Kubernetes tree: {paths.kubernetes} is not a folder", hint=_LAYOUT_HINT)
+    problems = []
+    version = _check_version(paths, problems)
+    for name, path in list(paths.binaries.items()) + [("e2e.test", paths.e2e_test),
+                                                       ("ginkgo", paths.ginkgo)]:
+        if not path.is_file():
+            problems.append(f"{path}: missing (the {name} binary)")
+    images = [_check_component(n, paths, version, problems) for n in COMPONENT_IMAGES]
+    images += [_check_extra(p, problems) for p in extra_images]
+    if problems:
+        if len(problems) == 1:
+            raise InputError(f"bad Kubernetes tree: {problems[0]}", hint=_LAYOUT_HINT)
+        raise InputError(f"bad Kubernetes tree {paths.kubernetes}: {len(problems)} problems",
+                         hint=_LAYOUT_HINT, detail="\n".join(f"  - {p}" for p in problems))
+    return Tree(root=Path(root), version=version, paths=paths, images=tuple(images),
+                crictl=paths.crictl if paths.crictl.is_file() else None)
+
+
+# ---------------------------------------------------------------- sample
+
+def _tree_matches(kube_dir, files):
+    """True if ``kube_dir``'s parent holds exactly ``files`` ({rel: (bytes, mode)})."""
+    base = Path(kube_dir).parent
+    try:
+        on_disk = {p.relative_to(base).as_posix() for p in Path(kube_dir).rglob("*")
+                   if p.is_file() or p.is_symlink()}
+        if on_disk != set(files):
+            return False
+        for rel, (data, mode) in files.items():
+            p = base / rel
+            st = p.lstat()
+            if not p.is_file() or p.is_symlink() or st.st_size != len(data) \
+                    or (st.st_mode & 0o777) != mode or p.read_bytes() != data:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def generate_sample(cfg, layout):
+    """Make sure ``layout.sample_root`` holds the sample tree the config asks for.
+
+    Side effect: regenerates the whole tree (atomically) unless it already is
+    byte for byte (modes included, no extra files) what it would be, so a
+    no-op touches nothing. Returns ``{"changed": bool}`` (a doit-friendly result).
+    """
+    version, epoch = cfg.kubernetes["version"], cfg.source_date_epoch
+    files = sample.render(version, epoch)
+    if _tree_matches(layout.sample_root / "kubernetes", files):
+        return {"changed": False}
+    sample.generate(layout.sample_root, version, epoch)
+    return {"changed": True}
+
+
+# ---------------------------------------------------------------- release
+
+def _download(url, sha256, dest):
+    """Stream ``url`` to ``dest`` (via a temp file beside it), verifying ``sha256``.
+
+    Side effect: creates ``dest``; on any failure nothing is left behind.
+    """
+    h = hashlib.sha256()
+    try:
+        with fsutil.atomic_path(dest, suffix=".part") as tmp:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as resp, open(tmp, "wb") as out:
+                for block in iter(lambda: resp.read(fsutil.CHUNK), b""):
+                    h.update(block)
+                    out.write(block)
+            if h.hexdigest() != sha256:
+                raise InputError(
+                    f"checksum mismatch for {url}: expected sha256 {sha256}, got {h.hexdigest()}",
+                    hint="the download is corrupt or the configured sha256 is wrong; "
+                         "check kubernetes.*_sha256 against the release's published checksums")
+    except urllib.error.HTTPError as exc:
+        exc.close()                     # it holds the response (and its socket) open
+        raise InputError(f"cannot download {url}: HTTP {exc.code} {exc.reason}",
+                         hint="check the URL in kubernetes.server_url / kubernetes.test_url") from None
+    except urllib.error.URLError as exc:
+        raise InputError(f"cannot download {url}: {exc.reason}",
+                         hint="check the URL and the network (or use a file:// URL)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot download {url}: {exc}",
+                         hint="check the URL and the network (or use a file:// URL)") from None
+    return Path(dest)
+
+
+def fetch(url, sha256, layout):
+    """The verified cached copy of ``url``: ``layout.cache/downloads/<sha256>.tar.gz``.
+
+    Side effects: a cached file whose digest no longer matches is deleted and
+    downloaded again; a missing one is downloaded. A verified cache hit makes
+    no request.
+    """
+    dest = layout.cache / "downloads" / f"{sha256}.tar.gz"
+    if dest.is_file():
+        if fsutil.sha256_file(dest) == sha256:
+            return dest
+        dest.unlink()
+    return _download(url, sha256, dest)
+
+
+def _release_stamp(k):
+    return {"server_sha256": k["server_sha256"], "test_sha256": k["test_sha256"]}
+
+
+def _extracted(root, stamp):
+    try:
+        return json.loads((root / RELEASE_STAMP).read_text()) == stamp and (root / "kubernetes").is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def fetch_release(cfg, layout):
+    """Download, verify, cache and extract the configured release; return its :class:`Tree`.
+
+    Side effects: fills ``layout.cache/downloads`` and replaces
+    ``layout.release_root(server_sha256)`` with both tarballs extracted side
+    by side (in one temporary folder, swapped in whole, with a stamp naming
+    both digests). When the stamp already matches, nothing is downloaded or
+    extracted again. Escaping entries are refused (fsutil.safe_extract).
+    """
+    k = cfg.kubernetes
+    root = layout.release_root(k["server_sha256"])
+    stamp = _release_stamp(k)
+    if not _extracted(root, stamp):
+        server = fetch(k["server_url"], k["server_sha256"], layout)
+        test = fetch(k["test_url"], k["test_sha256"], layout)
+        fsutil.safe_extract([server, test], root, what="release tarball")
+        # written last: its presence means the extraction above completed
+        fsutil.write_json(root / RELEASE_STAMP, stamp)
+    return read_tree(root, extra_images(cfg, layout))
+
+
+# ---------------------------------------------------------------- the doit task
+
+def task_io(cfg, layout):
+    """What the ``build:kubernetes`` task reads and writes, per source (pure)."""
+    k = cfg.kubernetes
+    root = tree_root(cfg, layout)
+    paths = list(tree_paths(root).required())
+    extras = list(extra_images(cfg, layout))
+    if k["source"] == "sample":
+        return {"file_dep": [], "targets": [layout.sample_root / rel for rel in sample.MANIFEST],
+                "config": {"source": "sample", "version": k["version"], "epoch": cfg.source_date_epoch}}
+    if k["source"] == "release":
+        return {"file_dep": extras, "targets": paths,
+                "config": {"source": "release", **{key: k[key] for key in
+                           ("server_url", "server_sha256", "test_url", "test_sha256")}}}
+    # dir: depend on what exists; prepare() names everything that is missing in one error
+    present = [p for p in paths + extras if p.exists()]
+    return {"file_dep": present, "targets": [], "config": {"source": "dir", "path": str(root)}}
+
+
+def image_tarballs(cfg, layout):
+    """Every image tarball the node image preloads: components, then extras (pure)."""
+    paths = tree_paths(tree_root(cfg, layout))
+    return [paths.image_tars[n] for n in COMPONENT_IMAGES] + list(extra_images(cfg, layout))
+
+
+def test_binaries(cfg, layout):
+    """The binaries the cluster image carries: {name: path} (pure)."""
+    paths = tree_paths(tree_root(cfg, layout))
+    return {"e2e.test": paths.e2e_test, "ginkgo": paths.ginkgo, "kubectl": paths.binaries["kubectl"]}
+
+
+def prepare(cfg, layout):
+    """The ``build:kubernetes`` action: get the tree, validate it, describe it.
+
+    Side effects: sample → generates it (if not already identical); release →
+    downloads, verifies and extracts; dir → nothing. Then writes
+    ``artifacts/kubernetes/tree.json`` (version, images with their refs),
+    rewritten only when its content changes.
+    """
+    source = cfg.kubernetes["source"]
+    if source == "sample":
+        generate_sample(cfg, layout)
+    if source == "release":
+        tree = fetch_release(cfg, layout)
+    else:
+        tree = read_tree(tree_root(cfg, layout), extra_images(cfg, layout))
+    summary = {
+        "source": source,
+        "root": str(tree.root),
+        "version": tree.version,
+        "crictl": str(tree.crictl) if tree.crictl else None,
+        "images": [{"name": i.name, "tarball": str(i.tarball), "refs": [i.ref]} for i in tree.images],
+    }
+    fsutil.write_if_changed(layout.kubernetes / "tree.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return tree
+
+
+__all__ = ["task_io", "image_tarballs", "test_binaries", "prepare", "Image", "Tree", "TreePaths", "tree_root", "tree_paths", "extra_images", "read_tree",
+           "generate_sample", "fetch", "fetch_release"]
