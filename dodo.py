@@ -17,7 +17,7 @@ from dindind.errors import DindindError
 from dindind.layout import Layout
 
 CONFIG = get_var("config", None) or os.environ.get("DINDIND_CONFIG")
-DOIT_CONFIG = {"reporter": tasks.Reporter}
+DOIT_CONFIG = {"reporter": tasks.Reporter, "default_tasks": ["build"]}
 
 try:
     from dindind import lock

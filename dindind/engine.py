@@ -194,8 +194,9 @@ def import_rootfs(tar_path, ref, changes):
     """``docker import`` a root filesystem tarball; return the image id."""
     repo, _, t = ref.rpartition(":")
     try:
-        with open(tar_path, "rb") as f:
-            out = client().import_image_from_stream(f, repository=repo, tag=t, changes=changes)
+        # import_image_from_file streams the file with its length; the _stream
+        # variant sends a chunked header that dockerd 20.10 rejects.
+        out = client().import_image_from_file(str(tar_path), repository=repo, tag=t, changes=changes)
     except _sdk_errors() as exc:
         raise EngineError(f"docker import of {ref} failed: {exc}") from None
     status = out if isinstance(out, str) else json.dumps(out)

@@ -18,7 +18,17 @@ from .config import ROOT
 from .errors import DindindError
 from .layout import Layout, docker_tag
 
-BASE_RECIPE = 1  # bump when build_base's recipe changes
+BASE_RECIPE = 2  # bump when build_base's recipe changes
+# Documentation, man pages and locales are not installed in any dindind image.
+DPKG_NODOC = """\
+path-exclude=/usr/share/doc/*
+path-include=/usr/share/doc/*/copyright
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/info/*
+path-exclude=/usr/share/locale/*
+path-include=/usr/share/locale/locale.alias
+path-exclude=/usr/share/lintian/*
+"""
 NODE_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "containerd", "runc", "iptables", "iproute2", "socat",
     "util-linux", "mount", "ebtables", "ethtool", "conntrack", "kmod", "ca-certificates", "procps",
@@ -96,6 +106,18 @@ def build_base(cfg, layout, echo=print):
     return write_stamp(layout.stamp("base"), image, [ref], inputs)
 
 
+def _prune_docs(rootfs):
+    """Remove what DPKG_NODOC keeps out of later installs from the debootstrapped rootfs."""
+    for sub in ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian"):
+        for p in sorted((rootfs / sub).rglob("*"), reverse=True):
+            keep = p.name == "locale.alias" or (sub == "usr/share/doc" and p.name == "copyright")
+            if p.is_symlink() or p.is_file():
+                if not keep:
+                    p.unlink()
+            elif p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+
+
 def _debootstrap_import(cfg, layout, ref, inputs, echo):
     if not shutil.which("debootstrap"):
         raise DindindError("debootstrap is not installed", hint="apt-get install debootstrap (./bootstrap does)")
@@ -111,6 +133,8 @@ def _debootstrap_import(cfg, layout, ref, inputs, echo):
                 if p.is_file():
                     p.unlink()
         (rootfs / "etc/apt/sources.list").write_text(f"deb {cfg.base['mirror']} {cfg.base['suite']} main\n")
+        (rootfs / "etc/dpkg/dpkg.cfg.d/01-dindind-nodoc").write_text(DPKG_NODOC)
+        _prune_docs(rootfs)
         tar = work / "rootfs.tar"
         proc.run(["tar", "-C", rootfs, "--numeric-owner", "--sort=name", "-cf", tar, "."])
         changes = ['ENV container=docker', 'CMD ["/bin/bash"]']
@@ -198,8 +222,13 @@ def save_node(cfg, layout, echo=print):
     """Save the node image once, compressed, for the cluster image."""
     stamp = read_json(layout.stamp("node"))
     out = layout.images / node_archive_name(cfg)
-    echo(f"  docker save {stamp['tags'][0]} -> {out.name}")
-    engine.save(stamp["id"], out, compress=cfg.cluster["compression"])
+    ref = stamp["tags"][0]
+    if engine.image_id(ref) != stamp["id"]:
+        raise DindindError(f"{ref} no longer points at the node image {stamp['id'][:19]}",
+                           hint="run `doit build` again (the node image was retagged behind dindind's back)")
+    echo(f"  docker save {ref} -> {out.name}")
+    # by tag, so the archive's RepoTags carry it; zstd -9: 10% smaller than -3 for ~3 s more
+    engine.save(ref, out, compress=cfg.cluster["compression"], level=9)
     return out
 
 
