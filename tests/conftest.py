@@ -49,3 +49,43 @@ def executed(output):
 @pytest.fixture
 def project(tmp_path):
     return copy_project(tmp_path / "project")
+
+
+# ------------------------------------------------------------------ the shared build
+
+TEST_REPOS = {"node": "dindind-test/node", "cluster": "dindind-test/cluster"}
+
+
+def test_config_text(extra=""):
+    """A config for integration tests: the sample, test-only repositories (base is shared)."""
+    return (f"node:\n  repository: {TEST_REPOS['node']}\n"
+            f"cluster:\n  repository: {TEST_REPOS['cluster']}\n" + extra)
+
+
+class Built:
+    """A project copy with a complete build, shared by the integration tests. Read only."""
+
+    def __init__(self, path, config):
+        self.path = Path(path)
+        self.config = Path(config)
+
+    def stamp(self, name):
+        import json
+
+        return json.loads((self.path / "artifacts" / "images" / f"{name}.json").read_text())
+
+    def doit(self, *args, **kw):
+        return doit(self.path, f"config={self.config}", *args, **kw)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """Build the images once per test run (cold on a fresh engine) and share them."""
+    path = copy_project(tmp_path_factory.mktemp("built") / "project")
+    cfg = path / "test.yaml"
+    cfg.write_text(test_config_text())
+    b = Built(path, cfg)
+    b.cold_run = b.doit("build")
+    yield b
+    for ref in (b.stamp("node")["tags"][0], b.stamp("cluster")["tags"][0]):
+        subprocess.run(["docker", "rmi", "-f", ref], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
