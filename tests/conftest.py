@@ -56,7 +56,7 @@ def project(tmp_path):
 TEST_REPOS = {"node": "dindind-test/node", "cluster": "dindind-test/cluster"}
 
 
-def test_config_text(extra=""):
+def config_text(extra=""):
     """A config for integration tests: the sample, test-only repositories (base is shared)."""
     return (f"node:\n  repository: {TEST_REPOS['node']}\n"
             f"cluster:\n  repository: {TEST_REPOS['cluster']}\n" + extra)
@@ -83,7 +83,7 @@ def built(tmp_path_factory):
     """Build the images once per test run (cold on a fresh engine) and share them."""
     path = copy_project(tmp_path_factory.mktemp("built") / "project")
     cfg = path / "test.yaml"
-    cfg.write_text(test_config_text())
+    cfg.write_text(config_text())
     b = Built(path, cfg)
     b.cold_run = b.doit("build")
     yield b
