@@ -24,6 +24,9 @@ try:
 
     lock.hold(Layout(ROOT).lock)
     _BUILD = list(tasks.build_tasks(CONFIG, ROOT))
+    from dindind.cluster import tasks as cluster_tasks
+
+    _CLUSTER = list(cluster_tasks.cluster_tasks(CONFIG, ROOT))
 except DindindError as _exc:
     sys.stderr.write(_exc.render() + "\n")
     sys.exit(2)
@@ -33,6 +36,11 @@ def task_build():
     """Build everything: Kubernetes tree, CNI, debs, base, node and cluster images."""
     yield {"name": None, "doc": task_build.__doc__}
     yield from _BUILD
+
+
+def task_cluster():
+    """Clusters: cluster:up, cluster:down, cluster:status, cluster:kubeconfig, cluster:logs, cluster:load, cluster:e2e."""
+    yield from _CLUSTER
 
 
 def task_engine():

@@ -79,7 +79,26 @@ def _relpath(value):
     return None
 
 
-SECTION = "section"
+def _regex(value):
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"is not a valid regular expression ({exc})"
+    return _relpath(value)
+
+
+KUBEADM_KINDS = ("ClusterConfiguration", "InitConfiguration", "JoinConfiguration", "KubeletConfiguration",
+                 "KubeProxyConfiguration")
+
+
+def _kubeadm_patch(value):
+    if value.get("kind") not in KUBEADM_KINDS:
+        return f"needs a kind: one of {', '.join(KUBEADM_KINDS)}"
+    import json
+
+    if any(ch in json.dumps(value) for ch in ("\\n", "\\u0000")):
+        return "must not contain newlines"
+    return None
 
 SPEC = {
     "kubernetes": {
@@ -139,7 +158,17 @@ SPEC = {
         "service_subnet": Field("string", "10.96.0.0/16", check=_cidr),
         "node_subnet": Field("string", "172.30.0.0/24", check=_cidr,
                              doc="the bridge network the node containers live on"),
+        "cni": Field("string", "default", enum=["default", "none"],
+                     doc="default: bridge + host-local with static routes; none: install your own"),
         "kubelet_extra_args": Field("array", [], items=Field("string", pattern=ARG_RE, fmt="--flag=value")),
+        "kubeadm_patches": Field("array", [], items=Field("object", check=_kubeadm_patch),
+                                 doc="mappings deep-merged into the kubeadm document of the same kind"),
+        "wait": Field("integer", 180, minimum=0, maximum=3600,
+                      doc="seconds cluster:up waits for every node to be Ready (0: return once containers are up)"),
+        "e2e_parallel": Field("integer", 1, minimum=1, maximum=32, doc="parallel ginkgo nodes for cluster:e2e"),
+        "e2e_flake_attempts": Field("integer", 1, minimum=1, maximum=5),
+        "e2e_skip": Field("string", None, nullable=True, check=_regex,
+                          doc="regex of e2e tests to skip (default: dindind's list of unsupported tests)"),
     },
     "build": {
         "source_date_epoch": Field("integer", 1700000000, minimum=0,
@@ -186,6 +215,7 @@ def _type_ok(kind, value):
         "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
         "boolean": lambda v: isinstance(v, bool),
         "array": lambda v: isinstance(v, list),
+        "object": lambda v: isinstance(v, dict),
     }[kind](value)
 
 
@@ -206,6 +236,8 @@ def _check_value(keypath, f, value, problems):
             problems.append(f"{keypath}: {value!r} is not {f.fmt or 'valid'}")
         elif f.check and (msg := f.check(value)):
             problems.append(f"{keypath}: {value!r} {msg}")
+    elif f.kind == "object" and f.check and (msg := f.check(value)):
+        problems.append(f"{keypath}: {msg}")
     elif f.kind == "integer":
         if f.minimum is not None and value < f.minimum:
             problems.append(f"{keypath}: {value} is below the minimum {f.minimum}")

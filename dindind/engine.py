@@ -92,7 +92,8 @@ def stamp_uptodate(stamp_path):
     try:
         stamp = json.loads(Path(stamp_path).read_text())
         return image_id(stamp["id"]) == stamp["id"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EngineError):
+        # engine unreachable: not known to be up to date; the action then fails with one clear line
         return False
 
 
@@ -318,3 +319,250 @@ def ensure(log=print, wait=60):
         time.sleep(0.5)
     raise EngineError(f"dockerd did not answer within {wait}s",
                       hint="see /var/log/dindind-dockerd.log")
+
+
+# ------------------------------------------------------------------ containers, volumes, networks
+
+CLUSTER_LABEL = "io.dindind.cluster"
+ROLE_LABEL = "io.dindind.role"
+
+
+def _call(what, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except _sdk_errors() as exc:
+        raise EngineError(f"failed to {what}: {_explain(exc)}") from None
+
+
+def _explain(exc):
+    text = getattr(exc, "explanation", None) or str(exc)
+    return text.decode() if isinstance(text, bytes) else str(text)
+
+
+def create_network(name, subnet, labels):
+    """A user-defined bridge network (embedded DNS), labelled."""
+    api = client()
+    import docker.types
+
+    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+    return _call(f"create network {name}", api.create_network, name, driver="bridge", ipam=ipam,
+                 labels=labels, check_duplicate=True)["Id"]
+
+
+def create_volume(name, labels):
+    return _call(f"create volume {name}", client().create_volume, name=name, labels=labels)["Name"]
+
+
+def run_container(image, name, *, labels, command=None, entrypoint=None, hostname=None, network=None,
+                  ip=None, volumes=None, tmpfs=None, ports=None, env=None, sysctls=None, privilege=None,
+                  cgroupns=None, stop_signal=None, restart=None, binds_ro=None):
+    """Create and start a container; return its id.
+
+    ``volumes`` maps a volume name to a mount point; ``ports`` maps a container
+    port to ``(host address, host port)``; ``privilege`` is privilege_opts().
+    """
+    api = client()
+    binds = {v: {"bind": p, "mode": "rw"} for v, p in (volumes or {}).items()}
+    for src, dst in (binds_ro or {}).items():
+        binds[src] = {"bind": dst, "mode": "ro"}
+    hc = api.create_host_config(
+        binds=binds or None, tmpfs=tmpfs, port_bindings={f"{p}/tcp": b for p, b in (ports or {}).items()} or None,
+        sysctls=sysctls, restart_policy=restart, network_mode=network, init=False, **(privilege or {}))
+    if cgroupns:
+        hc["CgroupnsMode"] = cgroupns
+    netcfg = None
+    if network:
+        netcfg = api.create_networking_config({network: api.create_endpoint_config(ipv4_address=ip)})
+    c = _call(f"create container {name}", api.create_container, image, command=command, entrypoint=entrypoint,
+              name=name, hostname=hostname, labels=labels, environment=env, host_config=hc, tty=True,
+              networking_config=netcfg, stop_signal=stop_signal,
+              ports=[f"{p}/tcp" for p in (ports or {})] or None,
+              volumes=list((volumes or {}).values()) + list((binds_ro or {}).values()) or None)
+    _call(f"start container {name}", api.start, c["Id"])
+    return c["Id"]
+
+
+def inspect_container(name):
+    return _call(f"inspect container {name}", client().inspect_container, name)
+
+
+def exec_in(container, cmd, *, check=True, environment=None, workdir=None):
+    """Run ``cmd`` in a running container; return (exit code, combined output)."""
+    import shlex
+
+    api = client()
+    ex = _call(f"exec in {container}", api.exec_create, container, cmd, environment=environment, workdir=workdir)
+    out = _call(f"exec in {container}", api.exec_start, ex["Id"])
+    code = api.exec_inspect(ex["Id"])["ExitCode"]
+    text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+    if check and code != 0:
+        from .errors import CommandError
+
+        raise CommandError(["docker", "exec", container] + list(cmd), code, text)
+    return code, text
+
+
+def put_file(container, path, data, mode=0o644):
+    """Write one file into a container (via a small tar, put_archive)."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    if isinstance(data, str):
+        data = data.encode()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        ti = tarfile.TarInfo(Path(path).name)
+        ti.size = len(data)
+        ti.mode = mode
+        ti.mtime = int(time.time())
+        tf.addfile(ti, io.BytesIO(data))
+    parent = str(Path(path).parent)
+    exec_in(container, ["mkdir", "-p", parent])
+    _call(f"copy {path} into {container}", client().put_archive, container, parent, buf.getvalue())
+
+
+def get_file(container, path):
+    """Read one (small) file out of a container."""
+    import io
+    import tarfile
+
+    stream, _ = _call(f"copy {path} out of {container}", client().get_archive, container, path)
+    buf = io.BytesIO(b"".join(stream))
+    with tarfile.open(fileobj=buf) as tf:
+        member = tf.getmembers()[0]
+        return tf.extractfile(member).read()
+
+
+def logs(container, tail="all"):
+    out = _call(f"read logs of {container}", client().logs, container, tail=tail)
+    return out.decode(errors="replace")
+
+
+def stream_logs(container):
+    """Yield log lines of a container as they come (follow)."""
+    api = client()
+    buf = b""
+    for chunk in api.logs(container, stream=True, follow=True):
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line.decode(errors="replace").rstrip("\r")
+    if buf:
+        yield buf.decode(errors="replace")
+
+
+def containers(labels, all=True):
+    """Containers carrying every ``key=value`` label given."""
+    flt = {"label": [f"{k}={v}" if v is not None else k for k, v in labels.items()]}
+    return _call("list containers", client().containers, all=all, filters=flt)
+
+
+def volumes(labels):
+    flt = {"label": [f"{k}={v}" if v is not None else k for k, v in labels.items()]}
+    return _call("list volumes", client().volumes, filters=flt).get("Volumes") or []
+
+
+def networks(labels):
+    flt = {"label": [f"{k}={v}" if v is not None else k for k, v in labels.items()]}
+    return _call("list networks", client().networks, filters=flt)
+
+
+def remove_container(name, volumes=True):
+    import docker
+
+    try:
+        client().remove_container(name, force=True, v=volumes)
+    except docker.errors.NotFound:
+        pass
+    except _sdk_errors() as exc:
+        raise EngineError(f"failed to remove container {name}: {_explain(exc)}") from None
+
+
+def remove_volume(name):
+    import docker
+
+    for attempt in range(10):
+        try:
+            client().remove_volume(name, force=True)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409 and attempt < 9:  # still in use by a dying container
+                time.sleep(0.5)
+                continue
+            raise EngineError(f"failed to remove volume {name}: {_explain(exc)}") from None
+
+
+def remove_network(name):
+    import docker
+
+    try:
+        client().remove_network(name)
+    except docker.errors.NotFound:
+        pass
+    except _sdk_errors() as exc:
+        raise EngineError(f"failed to remove network {name}: {_explain(exc)}") from None
+
+
+def stop_container(name, timeout=30):
+    _call(f"stop container {name}", client().stop, name, timeout=timeout)
+
+
+def dangling_volumes():
+    return {v["Name"] for v in (_call("list volumes", client().volumes, filters={"dangling": True})
+                                 .get("Volumes") or [])}
+
+
+def put_archive_file(container, directory, name, fileobj, size, mode=0o644):
+    """Stream one (large) file into a container as ``directory/name`` without reading it into memory."""
+    import tarfile
+
+    class _TarStream:
+        """A file-like tar of one member, produced on the fly."""
+
+        def __init__(self):
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode, ti.mtime = size, mode, int(time.time())
+            self.parts = [ti.tobuf(format=tarfile.GNU_FORMAT)]
+            self.pad = b"\0" * ((512 - size % 512) % 512) + b"\0" * 1024
+
+        def __iter__(self):
+            yield self.parts[0]
+            while True:
+                chunk = fileobj.read(1 << 20)
+                if not chunk:
+                    break
+                yield chunk
+            yield self.pad
+
+    api = client()
+    url = api._url("/containers/{0}/archive", container)
+    try:
+        res = api._put(url, params={"path": directory}, data=iter(_TarStream()),
+                       headers={"Content-Type": "application/x-tar"})
+        api._raise_for_status(res)
+    except _sdk_errors() as exc:
+        raise EngineError(f"failed to copy {name} into {container}: {_explain(exc)}") from None
+
+
+def get_dir(container, path, dest):
+    """Copy a directory out of a container into ``dest`` (contents only)."""
+    import tarfile
+
+    stream, _ = _call(f"copy {path} out of {container}", client().get_archive, container, path)
+    tmp = Path(dest) / ".get_dir.tar"
+    with open(tmp, "wb") as f:
+        for chunk in stream:
+            f.write(chunk)
+    try:
+        with tarfile.open(tmp) as tf:
+            base = Path(path).name
+            for m in tf.getmembers():
+                parts = Path(m.name).parts
+                if not parts or parts[0] != base or len(parts) == 1:
+                    continue
+                m.name = str(Path(*parts[1:]))
+                tf.extract(m, dest, filter="data")
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -32,10 +32,11 @@ path-exclude=/usr/share/lintian/*
 NODE_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "containerd", "runc", "iptables", "iproute2", "socat",
     "util-linux", "mount", "ebtables", "ethtool", "conntrack", "kmod", "ca-certificates", "procps",
-    "libseccomp2", "openssl", "bash",
+    "libseccomp2", "bash", "iputils-ping",
 )
 CLUSTER_PACKAGES = (
-    "docker.io", "zstd", "python3", "python3-yaml", "python3-jinja2", "iproute2", "iptables", "procps",
+    "docker.io", "zstd", "python3", "python3-yaml", "python3-jinja2", "python3-docker", "iproute2", "iptables",
+    "procps",
     "ca-certificates", "kmod",
 )
 LABEL = "io.dindind"
@@ -155,7 +156,7 @@ def node_context(cfg, tree, base_stamp, deb_names):
                            hint="add a pause image tarball to kubernetes.extra_images")
     return {
         "base_image": base_stamp["tags"][0],
-        "packages": sorted(set(NODE_PACKAGES) | set(cfg.node["packages"])),
+        "packages": sorted(set(NODE_PACKAGES) | set(cfg.node["packages"]) | set(tree.get("node_packages", []))),
         "preload": bool(cfg.node["preload"]),
         "debs": [f"{n}.deb" for n in deb_names],
         "pause_image": pause,
@@ -247,9 +248,12 @@ def render_cluster(cfg, layout):
 
 
 def package_files(root=ROOT):
-    """The dindind package's own files that ship in the cluster image."""
-    return sorted(p for p in (Path(root) / "dindind").rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".j2", ".json", ".yaml"))
+    """The dindind package's own files (and the kubeadm templates) that ship in the cluster image."""
+    root = Path(root)
+    files = [p for p in (root / "dindind").rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".j2", ".json", ".yaml")]
+    files += [p for p in (root / "templates" / "kubeadm").rglob("*.j2")]
+    return sorted(files)
 
 
 def build_cluster(cfg, layout, test_bins, echo=print):

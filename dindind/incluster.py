@@ -1,9 +1,13 @@
-"""PID 1 of the cluster image: start the inner Docker engine, load the node image.
+"""PID 1 of the cluster image: the Docker engine, the node image, the cluster.
 
 Runs inside the top-level container (nested mode). Side effects: starts
-``dockerd`` (its data on the /var/lib/docker volume), loads the embedded node
-image unless the engine already has it (a restarted container keeps it), then
-waits; SIGTERM stops dockerd cleanly and exits 0.
+``dockerd`` (its data on the /var/lib/docker volume); loads the embedded node
+image unless the engine already has it; with DINDIND_CLUSTER set (the
+settings as JSON), creates the cluster with dindind.cluster.create — or, when
+this container was stopped and started again, starts its existing nodes —
+writes the admin kubeconfig to /var/lib/dindind/kubeconfig and prints
+``dindind: cluster ready``. Then it waits; SIGTERM stops the nodes and
+dockerd cleanly and exits 0.
 """
 
 import os
@@ -13,6 +17,8 @@ import sys
 import time
 
 DOCKERD_LOG = "/var/log/dockerd.log"
+STATE = "/var/lib/dindind"
+READY = "dindind: cluster ready"
 
 
 def log(msg):
@@ -45,14 +51,60 @@ def load_node_image(ref, archive):
     t = time.monotonic()
     if archive.endswith(".zst"):
         z = subprocess.Popen(["zstd", "-dc", archive], stdout=subprocess.PIPE)
-        rc = subprocess.run(["docker", "load", "-q"], stdin=z.stdout).returncode
+        rc = subprocess.run(["docker", "load", "-q"], stdin=z.stdout, stdout=subprocess.DEVNULL).returncode
         z.stdout.close()
         rc = rc or z.wait()
     else:
-        rc = subprocess.run(["docker", "load", "-q", "-i", archive]).returncode
+        rc = subprocess.run(["docker", "load", "-q", "-i", archive], stdout=subprocess.DEVNULL).returncode
     if rc:
         raise SystemExit(f"dindind: cannot load the node image from {archive}")
     log(f"node image {ref} loaded in {time.monotonic() - t:.1f}s")
+
+
+def bring_up(settings_json, node_image):
+    """Create the cluster, or restart the one this container already holds."""
+    from . import engine
+    from .cluster import create as create_mod
+    from .cluster import plan as plan_mod
+    from .cluster.actions import cni, provision, waitready
+    from .cluster.context import Context
+    from .cluster.status import Status
+
+    settings = plan_mod.Settings.from_json(settings_json)
+    existing = engine.containers({plan_mod.CLUSTER_LABEL: settings.name})
+    kubeconfig_path = os.path.join(STATE, "kubeconfig")
+    if existing and os.path.exists(kubeconfig_path):
+        log(f"restarting {len(existing)} existing node(s)")
+        plan = plan_mod.make_plan(settings, token="restart.notusedhere0")
+        ctx = Context(plan=plan, node_image=node_image, status=Status())
+        with open(kubeconfig_path, "rb") as f:
+            ctx.kubeconfig = f.read()
+        with ctx.status.step("Starting nodes"):
+            for node in plan.nodes:
+                engine.client().start(node.name)
+            for node in plan.nodes:
+                provision.wait_for_systemd(ctx, node)
+                ctx.node_ips[node.name] = node.ip
+        if settings.cni != "none":
+            with ctx.status.step(cni.TITLE):
+                cni.execute(ctx)
+        with ctx.status.step(waitready.TITLE):
+            waitready.execute(ctx)
+        return
+    plan = plan_mod.make_plan(settings)
+    ctx = create_mod.create(plan, node_image, publish=("0.0.0.0", 6443))
+    os.makedirs(STATE, exist_ok=True)
+    fd = os.open(kubeconfig_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(ctx.kubeconfig)
+    os.replace(kubeconfig_path + ".tmp", kubeconfig_path)
+
+
+def stop_nodes():
+    out = subprocess.run(["docker", "ps", "-q", "--filter", "label=io.dindind.cluster"],
+                         stdout=subprocess.PIPE, text=True).stdout.split()
+    if out:
+        subprocess.run(["docker", "stop", "-t", "20", *out], stdout=subprocess.DEVNULL)
 
 
 def main(argv=None):
@@ -65,8 +117,24 @@ def main(argv=None):
     signal.signal(signal.SIGINT, on_term)
     dockerd = start_dockerd()
     log("dockerd is up")
-    load_node_image(os.environ["DINDIND_NODE_IMAGE"], os.environ["DINDIND_NODE_ARCHIVE"])
-    log("ready")
+    node_image = os.environ["DINDIND_NODE_IMAGE"]
+    load_node_image(node_image, os.environ["DINDIND_NODE_ARCHIVE"])
+    settings = os.environ.get("DINDIND_CLUSTER")
+    code = 0
+    if settings:
+        from .errors import DindindError
+
+        try:
+            bring_up(settings, node_image)
+            log("cluster ready")
+        except DindindError as exc:
+            print(exc.render(), flush=True)
+            log("cluster failed")
+            code = 1
+            if '"retain": true' not in settings:
+                stop["now"] = True
+    else:
+        log("ready")
     while not stop["now"]:
         try:
             os.waitpid(-1, os.WNOHANG)
@@ -77,12 +145,13 @@ def main(argv=None):
             return 1
         time.sleep(0.5)
     log("stopping")
+    stop_nodes()
     dockerd.terminate()
     try:
         dockerd.wait(timeout=30)
     except subprocess.TimeoutExpired:
         dockerd.kill()
-    return 0
+    return code
 
 
 if __name__ == "__main__":

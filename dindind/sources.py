@@ -371,6 +371,24 @@ def test_binaries(cfg, layout):
     return {"e2e.test": paths.e2e_test, "ginkgo": paths.ginkgo, "kubectl": paths.binaries["kubectl"]}
 
 
+SAMPLE_DECLARATION = "dindind-sample.json"
+
+
+def _node_packages(root):
+    """Debian packages a stand-in tree declares it needs in the node (the sample: python3, openssl)."""
+    path = Path(root) / "kubernetes" / SAMPLE_DECLARATION
+    if not path.exists():
+        return []
+    try:
+        pkgs = json.loads(path.read_text()).get("node_packages", [])
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    bad = [p for p in pkgs if not isinstance(p, str) or not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", p)]
+    if bad:
+        raise InputError(f"{path}: node_packages has invalid package names: {bad!r}")
+    return sorted(pkgs)
+
+
 def prepare(cfg, layout):
     """The ``build:kubernetes`` action: get the tree, validate it, describe it.
 
@@ -387,6 +405,7 @@ def prepare(cfg, layout):
     else:
         tree = read_tree(tree_root(cfg, layout), extra_images(cfg, layout))
     summary = {
+        "node_packages": _node_packages(tree.root),
         "source": source,
         "root": str(tree.root),
         "version": tree.version,

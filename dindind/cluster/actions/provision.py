@@ -1,0 +1,69 @@
+"""Provision: the network, the volumes and one container per node (kind's provision.go)."""
+
+import os
+import time
+
+from ...errors import DindindError
+
+TITLE = "Preparing nodes"
+SYSTEMD_WAIT = 60
+
+
+def node_run_args(ctx, node):
+    """Everything ``docker run`` gets for one node, as engine.run_container keywords."""
+    plan = ctx.plan
+    volumes = {plan.volume(node, "containerd"): "/var/lib/containerd",
+               plan.volume(node, "kubelet"): "/var/lib/kubelet",
+               plan.volume(node, "var-log"): "/var/log"}
+    kw = dict(
+        labels=plan.labels(node.role),
+        hostname=node.name,
+        network=plan.network,
+        ip=node.ip,
+        volumes=volumes,
+        tmpfs={"/run": "rw", "/run/lock": "rw", "/tmp": "rw"},
+        env=["container=docker"],
+        sysctls={"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.route_localnet": "1"},
+        privilege=ctx.privilege,
+        cgroupns="private",
+        stop_signal="SIGRTMIN+3",
+        restart={"Name": "on-failure", "MaximumRetryCount": 1},
+    )
+    if os.path.isdir("/lib/modules"):
+        kw["binds_ro"] = {"/lib/modules": "/lib/modules"}
+    if node.is_control_plane and ctx.publish:
+        kw["ports"] = {6443: ctx.publish}
+    return kw
+
+
+def wait_for_systemd(ctx, node, timeout=SYSTEMD_WAIT):
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        code, out = ctx.node_exec(node, ["systemctl", "is-system-running"], check=False)
+        state = out.strip()
+        if state in ("running", "degraded"):
+            return state
+        time.sleep(0.5)
+    raise DindindError(f"systemd in {node.name} did not reach multi-user within {timeout}s (state: {state!r})",
+                       hint=f"see `docker logs {node.name}`; keep it with --retain")
+
+
+def execute(ctx):
+    plan = ctx.plan
+    eng = ctx.engine
+    eng.create_network(plan.network, plan.settings.node_subnet, plan.labels("network"))
+    ctx.created.append(("network", plan.network))
+    if ctx.privilege is None:
+        ctx.privilege = eng.privilege_opts(ctx.node_image)
+    for node in plan.nodes:
+        kw = node_run_args(ctx, node)
+        for vol in kw["volumes"]:
+            eng.create_volume(vol, plan.labels("volume"))
+            ctx.created.append(("volume", vol))
+        ctx.created.append(("container", node.name))
+        eng.run_container(ctx.node_image, node.name, **kw)
+    for node in plan.nodes:
+        wait_for_systemd(ctx, node)
+        info = eng.inspect_container(node.name)
+        ctx.node_ips[node.name] = info["NetworkSettings"]["Networks"][plan.network]["IPAddress"]

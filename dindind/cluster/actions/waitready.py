@@ -1,0 +1,34 @@
+"""Wait until the API answers with the admin credentials and every node reports Ready."""
+
+import time
+
+from ...errors import DindindError
+from .. import api
+
+TITLE = "Waiting for nodes to be Ready"
+
+
+def wait(kubeconfig, names, timeout, server=None, sleep=1.0):
+    """Poll /api/v1/nodes until every node in ``names`` is Ready; return seconds waited."""
+    start = time.monotonic()
+    last = "no answer yet"
+    while True:
+        try:
+            ready = api.node_readiness(kubeconfig, server)
+            missing = [n for n in names if not ready.get(n)]
+            if not missing:
+                return time.monotonic() - start
+            last = f"not Ready: {', '.join(missing)}"
+        except (OSError, DindindError) as exc:
+            last = str(exc).splitlines()[0]
+        if time.monotonic() - start > timeout:
+            raise DindindError(f"the cluster was not ready within {timeout}s ({last})",
+                               hint="wait longer with --wait SECONDS, or keep it with --retain and `doit cluster:logs`")
+        time.sleep(sleep)
+
+
+def execute(ctx):
+    if ctx.plan.settings.wait <= 0:
+        return
+    waited = wait(ctx.kubeconfig, [n.name for n in ctx.plan.nodes], ctx.plan.settings.wait)
+    ctx.status.info(f"{len(ctx.plan.nodes)} nodes Ready after {waited:.1f}s")

@@ -1,0 +1,22 @@
+"""What the create actions share: the plan, the engine, what was created."""
+
+from dataclasses import dataclass, field
+
+from .. import engine
+from .status import Status
+
+
+@dataclass
+class Context:
+    plan: object
+    node_image: str
+    status: Status
+    publish: tuple = None          # (host address, host port) for the API server, or None
+    privilege: dict = None
+    node_ips: dict = field(default_factory=dict)
+    created: list = field(default_factory=list)   # (kind, name), for rollback
+    kubeconfig: bytes = None
+    engine: object = engine
+
+    def node_exec(self, node, cmd, check=True):
+        return self.engine.exec_in(node.name, cmd, check=check)

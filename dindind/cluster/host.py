@@ -1,0 +1,399 @@
+"""The host side of cluster lifecycles: what ``doit cluster:*`` runs.
+
+Nested (the default): one top-level container of the cluster image runs
+dockerd and the create actions inside (dindind.incluster); this side starts
+it, relays its status lines, fetches the kubeconfig and checks readiness
+through the published port. Non-nested (``cluster.nested: false``): the
+same create actions run here against the host's engine.
+
+State lives in labels (``io.dindind.cluster=<name>``), not in files: the
+kubeconfig under artifacts/clusters/<name>/ is a convenience copy.
+"""
+
+import datetime
+import io
+import json
+import os
+import shlex
+import socket
+import tarfile
+import time
+from pathlib import Path
+
+from .. import engine, fsutil
+from ..errors import DindindError
+from . import api, create, plan as plan_mod
+from .actions import waitready
+from .status import Status
+
+TOP_ROLE = "cluster"
+NODES_LABEL = "io.dindind.nodes"
+NESTED_LABEL = "io.dindind.nested"
+KUBECONFIG_IN = "/var/lib/dindind/kubeconfig"
+DEFAULT_E2E_SKIP = (
+    r"\[Slow\]|\[Serial\]|\[Disruptive\]|\[Flaky\]|\[Feature:.+\]|\[NodeFeature:.+\]|\[NodeConformance\]"
+    r"|\[sig-cloud-provider|\[sig-cloud-provider-gcp\]|Kubectl.*logs|kernel module|NFS|nfs|CNI|Networking.*Internet"
+    r"|\[sig-storage\].*(Dynamic|Subpath|iSCSI|Ceph|Gluster|CSI|PersistentVolumes|Volume expansion)"
+    r"|[Uu]pgrade|[Rr]estart|GCE|AWS|Azure|vSphere|\[sig-node\].*NodeProblemDetector"
+)
+
+
+def top_name(name):
+    return f"dindind-{name}"
+
+
+def cluster_dir(layout, name):
+    return layout.clusters / name
+
+
+def kubeconfig_path(layout, name):
+    return cluster_dir(layout, name) / "kubeconfig"
+
+
+def _stamp(layout, which):
+    p = layout.stamp(which)
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        raise DindindError(f"no {which} image: {p} is missing", hint="run `doit build` first") from None
+
+
+def settings_for(cfg, layout, name=None, workers=None, retain=False, wait=None):
+    node = _stamp(layout, "node")
+    c = cfg.cluster
+    name = name or c["name"]
+    if not __import__("re").fullmatch(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?", name):
+        raise DindindError(f"invalid cluster name {name!r}",
+                           hint="use lowercase letters, digits and '-', at most 32 characters")
+    workers = c["workers"] if workers is None else int(workers)
+    if not 0 <= workers <= 10:
+        raise DindindError(f"--workers {workers} is out of range", hint="use 0 to 10 workers")
+    return plan_mod.Settings(
+        name=name, workers=workers, node_image=node["tags"][0], kubernetes_version=node["kubernetes_version"],
+        pod_subnet=c["pod_subnet"], service_subnet=c["service_subnet"], node_subnet=c["node_subnet"],
+        api_address=c["api_address"], api_port=c["api_port"], cni=c["cni"],
+        kubelet_extra_args=tuple(c["kubelet_extra_args"]), kubeadm_patches=tuple(c["kubeadm_patches"]),
+        wait=c["wait"] if wait is None else int(wait), retain=bool(retain))
+
+
+def _in_use(name):
+    return engine.containers({plan_mod.CLUSTER_LABEL: name})
+
+
+def _publish(settings):
+    port = settings.api_port or None
+    if port:
+        with socket.socket(socket.AF_INET6 if ":" in settings.api_address else socket.AF_INET) as s:
+            try:
+                s.bind((settings.api_address, port))
+            except OSError as exc:
+                raise DindindError(f"cannot publish the API server on {settings.api_address}:{port}: {exc.strerror}",
+                                   hint="choose another cluster.api_port, or 0 for a random free port") from None
+    return (settings.api_address, port)
+
+
+def _host_port(container, address):
+    ports = engine.inspect_container(container)["NetworkSettings"]["Ports"].get("6443/tcp") or []
+    for b in ports:
+        if b.get("HostIp") in (address, "0.0.0.0", "::", ""):
+            return int(b["HostPort"])
+    raise DindindError(f"{container} publishes no API port")
+
+
+def _export_kubeconfig(layout, name, kubeconfig, address, port):
+    host = f"[{address}]" if ":" in address else address
+    server = f"https://{host}:{port}"
+    data = api.rewrite_server(kubeconfig, server)
+    path = kubeconfig_path(layout, name)
+    fsutil.write_bytes(path, data, mode=0o600)
+    os.chmod(path, 0o600)
+    return path, server
+
+
+def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print):
+    """Create a cluster and return the kubeconfig path (ready unless --wait 0)."""
+    settings = settings_for(cfg, layout, name, workers, retain, wait)
+    if _in_use(settings.name):
+        raise DindindError(f"a cluster named {settings.name!r} already exists",
+                           hint=f"remove it with `doit cluster:down --name {settings.name}` or pick another --name")
+    if settings.api_address not in ("127.0.0.1", "::1"):
+        out(f"WARNING: the API server of {settings.name} will listen on {settings.api_address}, "
+            "reachable from other machines (cluster.api_address)")
+    publish = _publish(settings)
+    start = time.monotonic()
+    if cfg.cluster["nested"]:
+        path = _up_nested(layout, settings, publish, out)
+    else:
+        path = _up_direct(layout, settings, publish, out)
+    out(f"cluster {settings.name} is up in {time.monotonic() - start:.1f}s; kubeconfig: {path}")
+    out(f"  kubectl --kubeconfig {shlex.quote(str(path))} get nodes")
+    return path
+
+
+def _up_nested(layout, settings, publish, out):
+    image = _stamp(layout, "cluster")["tags"][0]
+    top = top_name(settings.name)
+    labels = {plan_mod.CLUSTER_LABEL: settings.name, plan_mod.ROLE_LABEL: TOP_ROLE,
+              NODES_LABEL: str(settings.workers + 1), NESTED_LABEL: "true"}
+    created = []
+    try:
+        privilege = engine.privilege_opts(image)
+        volume = f"{top}-docker"
+        engine.create_volume(volume, {plan_mod.CLUSTER_LABEL: settings.name, plan_mod.ROLE_LABEL: "volume"})
+        created.append(("volume", volume))
+        binds = {} if privilege.get("privileged") else {"/sys/fs/cgroup": "/sys/fs/cgroup"}
+        created.append(("container", top))
+        engine.run_container(image, top, labels=labels, hostname=top, volumes={volume: "/var/lib/docker", **binds},
+                             tmpfs={"/run": "rw", "/run/lock": "rw", "/tmp": "rw"},
+                             ports={6443: publish}, env=[f"DINDIND_CLUSTER={settings.to_json()}"],
+                             privilege=privilege)
+        _relay(top, settings, out)
+        if settings.wait <= 0:
+            return kubeconfig_path(layout, settings.name)
+        kubeconfig = engine.get_file(top, KUBECONFIG_IN)
+        path, server = _export_kubeconfig(layout, settings.name, kubeconfig, publish[0], _host_port(top, publish[0]))
+        waitready.wait(path.read_bytes(), [n for n, _ in plan_mod.node_names(settings.name, settings.workers)],
+                       timeout=60)
+        return path
+    except BaseException:
+        if not settings.retain:
+            _remove(created)
+        raise
+
+
+def _relay(top, settings, out):
+    """Echo the top-level container's status lines until the cluster is ready or failed."""
+    deadline = time.monotonic() + max(settings.wait, 60) + 240
+    tail = []
+    for line in engine.stream_logs(top):
+        tail = (tail + [line])[-40:]
+        if line.startswith((" • ", " ✓ ", " ✗ ", "   ", "ERROR", "hint", "dindind: ")):
+            out(line)
+        if line == "dindind: cluster ready" or (settings.wait <= 0 and "Joining worker nodes" in line
+                                                 and line.startswith(" ✓")):
+            return
+        if line == "dindind: cluster failed" or time.monotonic() > deadline:
+            break
+    raise DindindError(f"cluster {settings.name} failed to come up",
+                       detail="\n".join(tail[-15:]),
+                       hint=f"retry with --retain and inspect: docker logs {top}; doit cluster:logs --name {settings.name}")
+
+
+def _up_direct(layout, settings, publish, out):
+    plan = plan_mod.make_plan(settings)
+    ctx = create.create(plan, settings.node_image, publish=publish, status=Status())
+    port = _host_port(plan.control_plane.name, publish[0])
+    path, _ = _export_kubeconfig(layout, settings.name, ctx.kubeconfig, publish[0], port)
+    if settings.wait > 0:
+        waitready.wait(path.read_bytes(), [n.name for n in plan.nodes], timeout=60)
+    return path
+
+
+def _remove(created):
+    for kind, name in reversed(created):
+        try:
+            if kind == "container":
+                engine.remove_container(name, volumes=True)
+            else:
+                engine.remove_volume(name)
+        except DindindError:
+            pass
+
+
+def down(cfg, layout, name=None, out=print):
+    """Remove every container, volume and network labelled with the cluster name."""
+    name = name or cfg.cluster["name"]
+    label = {plan_mod.CLUSTER_LABEL: name}
+    found = engine.containers(label)
+    for c in found:
+        engine.remove_container(c["Id"], volumes=True)
+    vols = engine.volumes(label)
+    for v in vols:
+        engine.remove_volume(v["Name"])
+    nets = engine.networks(label)
+    for n in nets:
+        engine.remove_network(n["Id"])
+    d = cluster_dir(layout, name)
+    if d.exists():
+        import shutil
+
+        shutil.rmtree(d)
+    if not (found or vols or nets):
+        out(f"no cluster named {name!r}")
+    else:
+        out(f"removed cluster {name}: {len(found)} container(s), {len(vols)} volume(s), {len(nets)} network(s)")
+
+
+def clusters():
+    """[{name, nodes, api, age, state, nested}] for every dindind cluster on this engine."""
+    rows = {}
+    for c in engine.containers({plan_mod.CLUSTER_LABEL: None}):
+        labels = c.get("Labels") or {}
+        name = labels.get(plan_mod.CLUSTER_LABEL)
+        role = labels.get(plan_mod.ROLE_LABEL)
+        row = rows.setdefault(name, {"name": name, "nodes": 0, "api": "-", "created": c["Created"],
+                                     "state": c["State"], "nested": False})
+        if role == TOP_ROLE:
+            row["nested"] = True
+            row["nodes"] = int(labels.get(NODES_LABEL, "0"))
+        elif role in ("control-plane", "worker"):
+            row["nodes"] += 1
+        if role in (TOP_ROLE, "control-plane"):
+            row["state"] = c["State"]
+            for p in c.get("Ports") or []:
+                if p.get("PrivatePort") == 6443 and p.get("PublicPort"):
+                    row["api"] = f"https://{p.get('IP', '127.0.0.1')}:{p['PublicPort']}"
+        row["created"] = min(row["created"], c["Created"])
+    return sorted(rows.values(), key=lambda r: r["name"])
+
+
+def _age(created):
+    s = int(time.time() - created)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def status(out=print):
+    rows = clusters()
+    if not rows:
+        out("no dindind clusters")
+        return rows
+    out(f"{'NAME':<20} {'NODES':>5}  {'API':<28} {'AGE':>8}  STATE")
+    for r in rows:
+        out(f"{r['name']:<20} {r['nodes']:>5}  {r['api']:<28} {_age(r['created']):>8}  "
+            f"{r['state']}{' (nested)' if r['nested'] else ''}")
+    return rows
+
+
+# ------------------------------------------------------------------ commands inside nodes
+
+class Shell:
+    """Run commands in a cluster's nodes, nested (through the top-level container) or not."""
+
+    def __init__(self, name):
+        self.name = name
+        tops = engine.containers({plan_mod.CLUSTER_LABEL: name, plan_mod.ROLE_LABEL: TOP_ROLE})
+        nodes = engine.containers({plan_mod.CLUSTER_LABEL: name})
+        if not nodes:
+            raise DindindError(f"no cluster named {name!r}", hint="see `doit cluster:status`")
+        self.top = top_name(name) if tops else None
+        if self.top:
+            code, text = engine.exec_in(self.top, ["docker", "ps", "--filter", f"label={plan_mod.CLUSTER_LABEL}={name}",
+                                                   "--format", "{{.Names}}"])
+            self.nodes = sorted(text.split())
+        else:
+            self.nodes = sorted(c["Names"][0].lstrip("/") for c in nodes
+                                if (c.get("Labels") or {}).get(plan_mod.ROLE_LABEL) in ("control-plane", "worker"))
+
+    def run(self, node, cmd, check=True):
+        if self.top:
+            return engine.exec_in(self.top, ["docker", "exec", node] + list(cmd), check=check)
+        return engine.exec_in(node, cmd, check=check)
+
+    def top_run(self, cmd, check=True):
+        """A command where the cluster's own engine CLI is (top-level container or host)."""
+        if self.top:
+            return engine.exec_in(self.top, cmd, check=check)
+        from .. import proc
+
+        return 0, proc.run(cmd, check=check)
+
+
+def logs(cfg, layout, name=None, out=print):
+    """Collect docker inspect, kubelet/containerd journals and /var/log of every node."""
+    import base64
+
+    name = name or cfg.cluster["name"]
+    sh = Shell(name)
+    dest = cluster_dir(layout, name) / "logs"
+    with fsutil.atomic_dir(dest) as tmp:
+        if sh.top:
+            fsutil.write_text(tmp / f"{sh.top}.inspect.json", json.dumps(engine.inspect_container(sh.top), indent=2))
+            fsutil.write_text(tmp / f"{sh.top}.log", engine.logs(sh.top))
+            _, text = engine.exec_in(sh.top, ["cat", "/var/log/dockerd.log"], check=False)
+            fsutil.write_text(tmp / "dockerd.log", text)
+        for node in sh.nodes:
+            ndir = tmp / node
+            _, text = sh.top_run(["docker", "inspect", node], check=False)
+            fsutil.write_text(ndir / "inspect.json", text)
+            for unit in ("kubelet", "containerd"):
+                _, text = sh.run(node, ["journalctl", "--no-pager", "-u", unit], check=False)
+                fsutil.write_text(ndir / f"{unit}.log", text)
+            _, text = sh.run(node, ["sh", "-c", "tar -C /var/log -czf - . 2>/dev/null | base64 -w0"], check=False)
+            try:
+                with tarfile.open(fileobj=io.BytesIO(base64.b64decode(text.strip() or b""))) as tf:
+                    tf.extractall(ndir / "var-log", filter="data")
+            except (tarfile.TarError, ValueError):
+                fsutil.write_text(ndir / "var-log.error", text[-2000:])
+    out(f"logs of {name} in {dest}")
+    return dest
+
+
+def load(cfg, layout, image, name=None, out=print):
+    """Import a host image into every node's containerd (k8s.io namespace)."""
+    name = name or cfg.cluster["name"]
+    if not image:
+        raise DindindError("no image given", hint="doit cluster:load --image IMAGE [--name NAME]")
+    if engine.image_id(image) is None:
+        raise DindindError(f"no image {image!r} in the host engine", hint="build or pull it first")
+    sh = Shell(name)
+    layout.tmp.mkdir(parents=True, exist_ok=True)
+    tar = layout.tmp / f"load-{os.getpid()}.tar"
+    try:
+        engine.save(image, tar, compress=None)
+        targets = [sh.top] if sh.top else sh.nodes
+        for t in targets:
+            with open(tar, "rb") as f:
+                engine.put_archive_file(t, "/tmp", "dindind-load.tar", f, tar.stat().st_size)
+        for node in sh.nodes:
+            if sh.top:
+                sh.top_run(["sh", "-c", f"docker exec -i {node} ctr -n k8s.io images import --all-platforms - "
+                                        "< /tmp/dindind-load.tar"])
+            else:
+                sh.run(node, ["ctr", "-n", "k8s.io", "images", "import", "--all-platforms", "/tmp/dindind-load.tar"])
+                sh.run(node, ["rm", "-f", "/tmp/dindind-load.tar"])
+        if sh.top:
+            sh.top_run(["rm", "-f", "/tmp/dindind-load.tar"])
+    finally:
+        tar.unlink(missing_ok=True)
+    out(f"loaded {image} into {len(sh.nodes)} node(s) of {name}")
+
+
+def e2e(cfg, layout, name=None, focus=None, skip=None, parallel=None, flake_attempts=None, out=print):
+    """Run e2e.test under ginkgo against the cluster; JUnit XML into artifacts/clusters/<name>/e2e/."""
+    name = name or cfg.cluster["name"]
+    c = cfg.cluster
+    skip = skip or c["e2e_skip"] or DEFAULT_E2E_SKIP
+    parallel = int(parallel or c["e2e_parallel"])
+    attempts = int(flake_attempts or c["e2e_flake_attempts"])
+    sh = Shell(name)
+    dest = cluster_dir(layout, name) / "e2e"
+    args = [f"--nodes={parallel}", f"--flake-attempts={attempts}", f"--skip={skip}"]
+    if focus:
+        args.append(f"--focus={focus}")
+    if sh.top:
+        report = "/var/lib/dindind/e2e"
+        cmd = ["sh", "-c", f"rm -rf {report} && mkdir -p {report} && ginkgo " + " ".join(shlex.quote(a) for a in args)
+               + f" /usr/local/bin/e2e.test -- --kubeconfig={KUBECONFIG_IN} --provider=skeleton"
+               f" --report-dir={report}"]
+        code, text = engine.exec_in(sh.top, cmd, check=False)
+        with fsutil.atomic_dir(dest) as tmp:
+            fsutil.write_text(tmp / "e2e.log", text)
+            engine.get_dir(sh.top, report, tmp)
+    else:
+        from .. import proc, sources
+
+        bins = sources.test_binaries(cfg, layout)
+        with fsutil.atomic_dir(dest) as tmp:
+            import subprocess
+
+            p = subprocess.run([str(bins["ginkgo"]), *args, str(bins["e2e.test"]), "--",
+                                f"--kubeconfig={kubeconfig_path(layout, name)}", "--provider=skeleton",
+                                f"--report-dir={tmp}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            code, text = p.returncode, p.stdout
+            fsutil.write_text(tmp / "e2e.log", text)
+    junit = sorted(dest.rglob("junit*.xml"))
+    out(text.rstrip()[-3000:])
+    out(f"e2e results: {', '.join(str(j) for j in junit) or 'no JUnit XML'} (exit {code})")
+    if code != 0:
+        raise DindindError(f"e2e tests failed (exit {code})", hint=f"see {dest}")
+    return dest
