@@ -403,22 +403,28 @@ def exec_in(container, cmd, *, check=True, environment=None, workdir=None):
 
 
 def put_file(container, path, data, mode=0o644):
-    """Write one file into a container (via a small tar, put_archive)."""
+    """Write one small file into a running container.
+
+    Goes through a staging file on the container's root filesystem and
+    ``install``, because the engine's archive API cannot write into tmpfs
+    mounts such as /tmp and /run.
+    """
     import io
     import tarfile
 
     buf = io.BytesIO()
     if isinstance(data, str):
         data = data.encode()
+    stage = f".dindind-put-{os.getpid()}-{int(time.time() * 1e6)}"
     with tarfile.open(fileobj=buf, mode="w") as tf:
-        ti = tarfile.TarInfo(Path(path).name)
+        ti = tarfile.TarInfo(stage)
         ti.size = len(data)
-        ti.mode = mode
+        ti.mode = 0o600
         ti.mtime = int(time.time())
         tf.addfile(ti, io.BytesIO(data))
-    parent = str(Path(path).parent)
-    exec_in(container, ["mkdir", "-p", parent])
-    _call(f"copy {path} into {container}", client().put_archive, container, parent, buf.getvalue())
+    _call(f"copy {path} into {container}", client().put_archive, container, "/", buf.getvalue())
+    exec_in(container, ["install", "-D", "-m", f"{mode:o}", f"/{stage}", str(path)])
+    exec_in(container, ["rm", "-f", f"/{stage}"])
 
 
 def get_file(container, path):

@@ -182,7 +182,8 @@ def build_tasks(config_path, root):
         "actions": [(do_render, args + ("node",))],
         "file_dep": render.template_files(lay.templates / "node") + [tree_json, lay.stamp("base")],
         "targets": render.outputs(lay.templates / "node", node_ctx),
-        "uptodate": [config_changed({"node": {k: cfg.node[k] for k in cfg.node}, "debs": list(specs)})],
+        "uptodate": [config_changed({"node": {k: cfg.node[k] for k in cfg.node}, "debs": list(specs),
+                                     "packages": list(images.NODE_PACKAGES)})],
     }
     image_tars = sources.image_tarballs(cfg, lay)
     yield {
@@ -211,7 +212,8 @@ def build_tasks(config_path, root):
         "actions": [(do_render, args + ("cluster",))],
         "file_dep": render.template_files(lay.templates / "cluster") + [lay.stamp("base"), lay.stamp("node")],
         "targets": render.outputs(lay.templates / "cluster", cluster_ctx),
-        "uptodate": [config_changed({"compression": cfg.cluster["compression"]})],
+        "uptodate": [config_changed({"compression": cfg.cluster["compression"],
+                                     "packages": list(images.CLUSTER_PACKAGES)})],
     }
     yield {
         "name": "cluster",

@@ -343,16 +343,16 @@ def load(cfg, layout, image, name=None, out=print):
         targets = [sh.top] if sh.top else sh.nodes
         for t in targets:
             with open(tar, "rb") as f:
-                engine.put_archive_file(t, "/tmp", "dindind-load.tar", f, tar.stat().st_size)
+                engine.put_archive_file(t, "/var/cache", "dindind-load.tar", f, tar.stat().st_size)
         for node in sh.nodes:
             if sh.top:
                 sh.top_run(["sh", "-c", f"docker exec -i {node} ctr -n k8s.io images import --all-platforms - "
-                                        "< /tmp/dindind-load.tar"])
+                                        "< /var/cache/dindind-load.tar"])
             else:
-                sh.run(node, ["ctr", "-n", "k8s.io", "images", "import", "--all-platforms", "/tmp/dindind-load.tar"])
-                sh.run(node, ["rm", "-f", "/tmp/dindind-load.tar"])
+                sh.run(node, ["ctr", "-n", "k8s.io", "images", "import", "--all-platforms", "/var/cache/dindind-load.tar"])
+                sh.run(node, ["rm", "-f", "/var/cache/dindind-load.tar"])
         if sh.top:
-            sh.top_run(["rm", "-f", "/tmp/dindind-load.tar"])
+            sh.top_run(["rm", "-f", "/var/cache/dindind-load.tar"])
     finally:
         tar.unlink(missing_ok=True)
     out(f"loaded {image} into {len(sh.nodes)} node(s) of {name}")
