@@ -3,20 +3,28 @@
 No registry reachable from our machines serves kubelet, kubeadm or the
 control-plane images, so the pipeline's tests run on a generated tree with
 exactly the layout of the official release tarballs (see
-:mod:`dindind.sources`). Its binaries are small POSIX ``sh`` scripts that say
-plainly what they are, answer the version calls the way the real tools print
-them, and otherwise log their arguments to stderr and exit 0. Its images are
-tiny real docker-archives holding those scripts.
+:mod:`dindind.sources`). Its binaries say plainly what they are and answer the
+version calls the way the real tools print them. Its images are tiny real
+docker-archives holding stand-in scripts.
+
+* kubelet and kubeadm are one small Python program, :mod:`dindind.sample_kube`
+  (dispatching on its name): enough of ``kubeadm init``/``join``/``reset``, the
+  kubelet and an API server stand-in for a cluster to come up and for the
+  readiness check (API answers, every node Ready) to pass. The node therefore
+  needs python3 and openssl: ``kubernetes/dindind-sample.json`` says so.
+* every other tool is a POSIX ``sh`` script from :data:`STANDINS` (one ``case``
+  block per tool) that answers its version calls and otherwise logs its
+  arguments to stderr and exits 0.
 
 A cluster built from the sample proves the pipeline, images, systemd,
-containerd, networking and cleanup; it proves nothing about Kubernetes.
-
-The stand-ins live in :data:`STANDINS` (one ``case`` block per tool), so
-teaching one of them a new call (for cluster bring-up) is one entry.
+containerd, networking, exposure and cleanup; it proves nothing about
+Kubernetes (no pods run; "Ready" only means the node's kubelet stand-in sent a
+heartbeat in the last 40 s).
 Note: the images hold only the script, no ``/bin/sh``, so they load and can be
 listed and inspected, but a container started from one cannot exec it.
 """
 
+import json
 import os
 import re
 from datetime import datetime, timezone
@@ -45,23 +53,24 @@ _KUBE_VERSION = """\
     echo "Kubernetes $VERSION"; exit 0 ;;
 """
 
-_VERSION_INFO = ('&version.Info{Major:"@MAJOR@", Minor:"@MINOR@", GitVersion:"@VERSION@", '
-                 'GitCommit:"@COMMIT@", GitTreeState:"clean", BuildDate:"@DATE@", '
-                 'GoVersion:"@GO@", Compiler:"gc", Platform:"linux/@ARCH@"}')
+#: the tools that are :mod:`dindind.sample_kube` (one program, dispatching on its name)
+PYTHON_STANDINS = ("kubelet", "kubeadm")
+_PYTHON_PROGRAM = Path(__file__).with_name("sample_kube.py")
+_BUILD_LINE = re.compile(r"^BUILD = .*$", re.M)
+
+#: what the node must have installed for the sample's stand-ins (read by the node image build)
+NODE_REQUIREMENTS = {
+    "node_packages": ["python3", "openssl"],
+    "note": "dindind sample Kubernetes: kubelet and kubeadm are a Python 3 test double "
+            "(dindind/sample_kube.py) that runs openssl; this is NOT Kubernetes.",
+}
 
 #: tool name -> the ``case "$*" in`` arms its stand-in answers (placeholders @KEY@).
 STANDINS = {
-    "kubelet": _KUBE_VERSION,
     "kube-apiserver": _KUBE_VERSION,
     "kube-controller-manager": _KUBE_VERSION,
     "kube-scheduler": _KUBE_VERSION,
     "kube-proxy": _KUBE_VERSION,
-    "kubeadm": """\
-  "version -o short"|"version -oshort"|"version --output=short"|"version --output short")
-    echo "$VERSION"; exit 0 ;;
-  version)
-    echo 'kubeadm version: """ + _VERSION_INFO + """'; exit 0 ;;
-""",
     "kubectl": """\
   version*--client*|version)
     case " $* " in
@@ -126,7 +135,7 @@ exit 0
 
 
 def _rel_files():
-    files = ["kubernetes/version"]
+    files = ["kubernetes/version", "kubernetes/dindind-sample.json"]
     files += [f"kubernetes/server/bin/{n}" for n in SERVER_BINARIES]
     for n in COMPONENT_IMAGES:
         files += [f"kubernetes/server/bin/{n}.tar", f"kubernetes/server/bin/{n}.docker_tag"]
@@ -149,14 +158,29 @@ def component_ref(name, version):
     return f"{REGISTRY}/{name}-{ARCH}:{docker_tag(version)}"
 
 
+def _build_date(epoch):
+    return datetime.fromtimestamp(int(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def kube_program(version, epoch):
+    """The text of the kubelet/kubeadm stand-in program (:mod:`dindind.sample_kube`) for ``version`` (pure)."""
+    build = {"apiserver_image": component_ref("kube-apiserver", version), "arch": ARCH,
+             "date": _build_date(epoch), "go": GO_VERSION, "version": version}
+    line = f"BUILD = {json.dumps(build, sort_keys=True)}  # set by dindind.sample"
+    text, count = _BUILD_LINE.subn(lambda _: line, _PYTHON_PROGRAM.read_text(), count=1)
+    assert count == 1, f"{_PYTHON_PROGRAM} has no BUILD line"
+    return text
+
+
 def standin(name, version, epoch):
-    """The text of the stand-in script for tool ``name`` (pure)."""
+    """The text of the stand-in for tool ``name`` (pure; kubelet and kubeadm: :func:`kube_program`)."""
+    if name in PYTHON_STANDINS:
+        return kube_program(version, epoch)
     major, minor = re.match(r"^v(\d+)\.(\d+)\.", version).groups()
     values = {
         "NAME": name, "VERSION": version, "MAJOR": major, "MINOR": minor,
         "COMMIT": "0" * 40, "COMMIT7": "0" * 7, "GO": GO_VERSION, "ARCH": ARCH,
-        "KUSTOMIZE": KUSTOMIZE_VERSION, "GINKGO": GINKGO_VERSION,
-        "DATE": datetime.fromtimestamp(int(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "KUSTOMIZE": KUSTOMIZE_VERSION, "GINKGO": GINKGO_VERSION, "DATE": _build_date(epoch),
     }
     text = _SCRIPT.replace("@ARMS@", STANDINS[name])
     for key, value in values.items():
@@ -168,11 +192,13 @@ def render(version, epoch):
     """Every file of the sample tree: {relative path: (bytes, mode)} (pure).
 
     Raises ValueError for a version that config.VERSION_RE refuses (it is
-    pasted into shell scripts).
+    pasted into shell scripts and the Python stand-in).
     """
     if not re.fullmatch(VERSION_RE, version or ""):
         raise ValueError(f"not a Kubernetes version: {version!r}")
-    out = {"kubernetes/version": (f"{version}\n".encode(), 0o644)}
+    out = {"kubernetes/version": (f"{version}\n".encode(), 0o644),
+           "kubernetes/dindind-sample.json": (
+               (json.dumps(NODE_REQUIREMENTS, indent=2, sort_keys=True) + "\n").encode(), 0o644)}
     for name in SERVER_BINARIES:
         out[f"kubernetes/server/bin/{name}"] = (standin(name, version, epoch).encode(), 0o755)
     for name in COMPONENT_IMAGES:

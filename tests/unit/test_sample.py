@@ -3,7 +3,9 @@
 import io
 import json
 import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +28,9 @@ def _files(root):
 
 
 def _run(tree, rel, *args):
-    proc = subprocess.run(["sh", str(tree / "kubernetes" / rel), *args],
-                          capture_output=True, text=True, check=False)
+    path = tree / "kubernetes" / rel
+    interpreter = sys.executable if path.read_bytes().startswith(b"#!/usr/bin/python3\n") else "sh"
+    proc = subprocess.run([interpreter, str(path), *args], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc
     return proc
 
@@ -70,15 +73,37 @@ def test_stand_ins_say_what_they_are(tree):
     for rel in sample.MANIFEST:
         if "/bin/" in rel and not rel.endswith((".tar", ".docker_tag")):
             text = (tree / rel).read_text()
-            assert text.startswith("#!/bin/sh\n")
+            python = rel.rsplit("/", 1)[1] in sample.PYTHON_STANDINS
+            assert text.startswith("#!/usr/bin/python3\n" if python else "#!/bin/sh\n")
             assert "dindind sample stand-in" in text and "NOT Kubernetes" in text
+
+
+def test_kubelet_and_kubeadm_are_the_python_program(tree):
+    bin_ = tree / "kubernetes/server/bin"
+    program = (bin_ / "kubelet").read_text()
+    assert (bin_ / "kubeadm").read_text() == program
+    source = (Path(sample.__file__).with_name("sample_kube.py")).read_text()
+    differ = [(a, b) for a, b in zip(source.splitlines(), program.splitlines()) if a != b]
+    assert len(program.splitlines()) == len(source.splitlines()) and len(differ) == 1
+    build = json.loads(differ[0][1].split("=", 1)[1].split("  #")[0])
+    assert build == {"apiserver_image": f"registry.k8s.io/kube-apiserver-amd64:{VERSION}", "arch": "amd64",
+                     "date": "2023-11-14T22:13:20Z", "go": sample.GO_VERSION, "version": VERSION}
+    compile(program, "kubelet", "exec")
+
+
+def test_node_requirements(tree):
+    needs = json.loads((tree / "kubernetes/dindind-sample.json").read_text())
+    assert needs["node_packages"] == ["python3", "openssl"] and "NOT Kubernetes" in needs["note"]
+    assert "kubernetes/dindind-sample.json" in sample.MANIFEST
 
 
 @pytest.mark.parametrize("rel,args,expected", [
     ("server/bin/kubelet", ["--version"], f"Kubernetes {VERSION}\n"),
+    ("server/bin/kubelet", ["--version=true"], f"Kubernetes {VERSION}\n"),
     ("server/bin/kube-apiserver", ["--version"], f"Kubernetes {VERSION}\n"),
     ("server/bin/kube-proxy", ["--version"], f"Kubernetes {VERSION}\n"),
     ("server/bin/kubeadm", ["version", "-o", "short"], f"{VERSION}\n"),
+    ("server/bin/kubeadm", ["version", "--output=short"], f"{VERSION}\n"),
     ("server/bin/kubectl", ["version", "--client"],
      f"Client Version: {VERSION}\nKustomize Version: {sample.KUSTOMIZE_VERSION}\n"),
     ("test/bin/e2e.test", ["--version"], f"{VERSION}\n"),
@@ -100,10 +125,15 @@ def test_kubectl_json_version(tree):
     assert out["kustomizeVersion"] == sample.KUSTOMIZE_VERSION
 
 
-def test_other_calls_are_reported_and_succeed(tree):
-    proc = _run(tree, "server/bin/kubeadm", "init", "--config", "x.yaml")
+@pytest.mark.parametrize("rel,args", [
+    ("server/bin/kubeadm", ["token", "list"]),
+    ("server/bin/kubectl", ["get", "pods"]),
+    ("server/bin/kube-proxy", ["--config=/x.yaml"]),
+])
+def test_other_calls_are_reported_and_succeed(tree, rel, args):
+    proc = _run(tree, rel, *args)
     assert proc.stdout == ""
-    assert proc.stderr == "dindind sample stand-in: kubeadm init --config x.yaml\n"
+    assert proc.stderr == f"dindind sample stand-in: {rel.rsplit('/', 1)[1]} {' '.join(args)}\n"
 
 
 def _image_file(tarball, inner):
