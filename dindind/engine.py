@@ -143,6 +143,8 @@ def build(context_tar, tags, *, labels=None, buildargs=None, log_path=None, echo
 
     Streams the context and the build log; prints each Dockerfile step. On
     failure raises EngineError naming the failing step with the log's tail.
+    With DINDIND_NO_CACHE=1 in the environment no cached layer is used
+    (``docker build --no-cache``; bench/reproducible.py measures with it).
     """
     tail = collections.deque(maxlen=40)
     step = None
@@ -152,7 +154,7 @@ def build(context_tar, tags, *, labels=None, buildargs=None, log_path=None, echo
         with open(context_tar, "rb") as ctx:
             stream = client().build(fileobj=ctx, custom_context=True, tag=tags[0], labels=labels or {},
                                     buildargs=buildargs or {}, rm=True, forcerm=True, pull=False,
-                                    decode=True)
+                                    nocache=no_cache(), decode=True)
             for event in stream:
                 if "stream" in event:
                     text = event["stream"]
@@ -355,7 +357,7 @@ def create_volume(name, labels):
 
 def run_container(image, name, *, labels, command=None, entrypoint=None, hostname=None, network=None,
                   ip=None, volumes=None, tmpfs=None, ports=None, env=None, sysctls=None, privilege=None,
-                  cgroupns=None, stop_signal=None, restart=None, binds_ro=None):
+                  cgroupns=None, stop_signal=None, restart=None, binds_ro=None, stop_timeout=None):
     """Create and start a container; return its id.
 
     ``volumes`` maps a volume name to a mount point; ``ports`` maps a container
@@ -366,7 +368,8 @@ def run_container(image, name, *, labels, command=None, entrypoint=None, hostnam
     for src, dst in (binds_ro or {}).items():
         binds[src] = {"bind": dst, "mode": "ro"}
     hc = api.create_host_config(
-        binds=binds or None, tmpfs=tmpfs, port_bindings={f"{p}/tcp": b for p, b in (ports or {}).items()} or None,
+        binds=binds or None, tmpfs=tmpfs, port_bindings={f"{p}/tcp": (b[0],) if b[1] is None else b
+                                                         for p, b in (ports or {}).items()} or None,
         sysctls=sysctls, restart_policy=restart, network_mode=network, init=False, **(privilege or {}))
     if cgroupns:
         hc["CgroupnsMode"] = cgroupns
@@ -375,8 +378,8 @@ def run_container(image, name, *, labels, command=None, entrypoint=None, hostnam
         netcfg = api.create_networking_config({network: api.create_endpoint_config(ipv4_address=ip)})
     c = _call(f"create container {name}", api.create_container, image, command=command, entrypoint=entrypoint,
               name=name, hostname=hostname, labels=labels, environment=env, host_config=hc, tty=True,
-              networking_config=netcfg, stop_signal=stop_signal,
-              ports=[f"{p}/tcp" for p in (ports or {})] or None,
+              networking_config=netcfg, stop_signal=stop_signal, stop_timeout=stop_timeout,
+              ports=[int(p) for p in (ports or {})] or None,
               volumes=list((volumes or {}).values()) + list((binds_ro or {}).values()) or None)
     _call(f"start container {name}", api.start, c["Id"])
     return c["Id"]
@@ -572,3 +575,134 @@ def get_dir(container, path, dest):
                 tf.extract(m, dest, filter="data")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ releases: export, push, registry
+
+MANIFEST_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+)
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def no_cache():
+    """True when DINDIND_NO_CACHE=1: builds use no cached layer (for reproducibility measurements)."""
+    return os.environ.get("DINDIND_NO_CACHE", "") == "1"
+
+
+def save_chunks(ref, chunk_size=1 << 20):
+    """``docker save ref`` as a stream of byte chunks (the image layer export the release scans).
+
+    Nothing is held in memory beyond one chunk; an engine failure mid-stream
+    raises EngineError naming the image.
+    """
+    try:
+        for chunk in client().get_image(ref, chunk_size=chunk_size):
+            yield chunk
+    except _sdk_errors() as exc:
+        raise EngineError(f"docker save of {ref} failed: {exc}") from None
+
+
+def split_ref(ref):
+    """'host:5000/a/b:tag' -> ('host:5000/a/b', 'tag'); the tag defaults to 'latest'."""
+    repo, _, t = ref.rpartition(":")
+    if "/" in t or not repo:
+        return ref, "latest"
+    return repo, t
+
+
+def push(ref, echo=print):
+    """``docker push ref``; return the manifest digest the engine reports.
+
+    Raises EngineError (with the last lines of the push's output) if the
+    engine or the registry fails, or if no digest was reported.
+    """
+    repo, t = split_ref(ref)
+    tail = collections.deque(maxlen=20)
+    digest = None
+    try:
+        for event in client().push(repo, tag=t, stream=True, decode=True):
+            if "error" in event or "errorDetail" in event:
+                msg = event.get("error") or (event.get("errorDetail") or {}).get("message", "")
+                raise EngineError(f"docker push {ref} failed: {msg.strip()}", detail="\n".join(tail) or None,
+                                  hint="check that the registry is up and reachable from the engine")
+            aux = event.get("aux") or {}
+            if isinstance(aux, dict) and aux.get("Digest"):
+                digest = aux["Digest"]
+            status = event.get("status")
+            if status and not event.get("progressDetail"):
+                line = f"{event['id']}: {status}" if event.get("id") else status
+                tail.append(line)
+    except _sdk_errors() as exc:
+        raise EngineError(f"docker push {ref} failed: {exc}", detail="\n".join(tail) or None,
+                          hint="check that the registry is up and reachable from the engine") from None
+    if not digest or not _DIGEST_RE.match(digest):
+        raise EngineError(f"docker push {ref} reported no manifest digest", detail="\n".join(tail) or None)
+    echo(f"  pushed {ref}@{digest}")
+    return digest
+
+
+def _registry_host(ref):
+    first, _, rest = ref.partition("/")
+    if not rest or not ("." in first or ":" in first or first == "localhost"):
+        return "registry-1.docker.io", ref
+    return first, rest
+
+
+def _is_loopback(host):
+    import ipaddress
+
+    name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def registry_manifest_digest(ref, timeout=30):
+    """The digest a registry serves for ``ref``: ``HEAD /v2/<name>/manifests/<tag>``.
+
+    Plain HTTP for loopback registries (as dockerd allows), HTTPS otherwise.
+    Returns None if the registry does not have the tag. Raises EngineError if
+    the registry cannot be reached or answers otherwise; ``exc.status`` is
+    the HTTP status (401/403: the registry wants credentials).
+    """
+    repo, t = split_ref(ref)
+    host, name = _registry_host(repo)
+    conn_cls = http.client.HTTPConnection if _is_loopback(host) else http.client.HTTPSConnection
+    conn = conn_cls(host, timeout=timeout)
+    path = f"/v2/{name}/manifests/{urllib.parse.quote(t, safe='')}"
+    try:
+        conn.request("HEAD", path, headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        resp = conn.getresponse()
+        resp.read()
+        digest = resp.getheader("Docker-Content-Digest")
+    except OSError as exc:
+        err = EngineError(f"cannot reach the registry {host} to check {ref}: {exc.strerror or exc}",
+                          hint="check that the registry is up")
+        err.status = None
+        raise err from None
+    finally:
+        conn.close()
+    if resp.status == 404:
+        return None
+    if resp.status != 200 or not digest:
+        err = EngineError(f"registry {host} answered HEAD {path} with HTTP {resp.status}"
+                          + ("" if digest else " and no Docker-Content-Digest"))
+        err.status = resp.status
+        raise err
+    return digest
+
+
+def pull_by_digest(repo, digest):
+    """``docker pull repo@digest`` (the engine asks the registry for exactly that manifest); return the image id."""
+    try:
+        client().pull(repo, tag=digest)
+    except _sdk_errors() as exc:
+        raise EngineError(f"cannot pull {repo}@{digest} back from the registry: {exc}") from None
+    return inspect_image(f"{repo}@{digest}")["Id"]

@@ -348,7 +348,9 @@ def task_io(cfg, layout):
     paths = list(tree_paths(root).required())
     extras = list(extra_images(cfg, layout))
     if k["source"] == "sample":
-        return {"file_dep": [], "targets": [layout.sample_root / rel for rel in sample.MANIFEST],
+        # the generator's own code is an input of the tree it writes
+        generator = [Path(sample.__file__), Path(sample.__file__).with_name("sample_kube.py")]
+        return {"file_dep": generator, "targets": [layout.sample_root / rel for rel in sample.MANIFEST],
                 "config": {"source": "sample", "version": k["version"], "epoch": cfg.source_date_epoch}}
     if k["source"] == "release":
         return {"file_dep": extras, "targets": paths,

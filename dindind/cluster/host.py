@@ -81,15 +81,17 @@ def _in_use(name):
 
 
 def _publish(settings):
-    port = settings.api_port or None
-    if port:
-        with socket.socket(socket.AF_INET6 if ":" in settings.api_address else socket.AF_INET) as s:
-            try:
-                s.bind((settings.api_address, port))
-            except OSError as exc:
-                raise DindindError(f"cannot publish the API server on {settings.api_address}:{port}: {exc.strerror}",
-                                   hint="choose another cluster.api_port, or 0 for a random free port") from None
-    return (settings.api_address, port)
+    """(address, port) to publish the API server on; a random free port is picked
+    here (as kind does), so it stays the same when the container restarts."""
+    family = socket.AF_INET6 if ":" in settings.api_address else socket.AF_INET
+    with socket.socket(family) as s:
+        try:
+            s.bind((settings.api_address, settings.api_port or 0))
+        except OSError as exc:
+            raise DindindError(
+                f"cannot publish the API server on {settings.api_address}:{settings.api_port}: {exc.strerror}",
+                hint="choose another cluster.api_port (0: a random free port) or cluster.api_address") from None
+        return (settings.api_address, s.getsockname()[1])
 
 
 def _host_port(container, address):
@@ -146,7 +148,7 @@ def _up_nested(layout, settings, publish, out):
         engine.run_container(image, top, labels=labels, hostname=top, volumes={volume: "/var/lib/docker", **binds},
                              tmpfs={"/run": "rw", "/run/lock": "rw", "/tmp": "rw"},
                              ports={6443: publish}, env=[f"DINDIND_CLUSTER={settings.to_json()}"],
-                             privilege=privilege)
+                             privilege=privilege, stop_timeout=60)
         _relay(top, settings, out)
         if settings.wait <= 0:
             return kubeconfig_path(layout, settings.name)
@@ -182,11 +184,16 @@ def _relay(top, settings, out):
 def _up_direct(layout, settings, publish, out):
     plan = plan_mod.make_plan(settings)
     ctx = create.create(plan, settings.node_image, publish=publish, status=Status())
-    port = _host_port(plan.control_plane.name, publish[0])
-    path, _ = _export_kubeconfig(layout, settings.name, ctx.kubeconfig, publish[0], port)
-    if settings.wait > 0:
-        waitready.wait(path.read_bytes(), [n.name for n in plan.nodes], timeout=60)
-    return path
+    try:
+        port = _host_port(plan.control_plane.name, publish[0])
+        path, _ = _export_kubeconfig(layout, settings.name, ctx.kubeconfig, publish[0], port)
+        if settings.wait > 0:
+            waitready.wait(path.read_bytes(), [n.name for n in plan.nodes], timeout=60)
+        return path
+    except BaseException:
+        if not settings.retain:
+            create.rollback(ctx)
+        raise
 
 
 def _remove(created):
@@ -318,12 +325,15 @@ def logs(cfg, layout, name=None, out=print):
             for unit in ("kubelet", "containerd"):
                 _, text = sh.run(node, ["journalctl", "--no-pager", "-u", unit], check=False)
                 fsutil.write_text(ndir / f"{unit}.log", text)
-            _, text = sh.run(node, ["sh", "-c", "tar -C /var/log -czf - . 2>/dev/null | base64 -w0"], check=False)
+            # the binary journal is exported as text above
+            _, text = sh.run(node, ["sh", "-c", "tar -C /var/log --exclude=./journal -czf - . 2>/dev/null | base64 -w0"],
+                             check=False)
             try:
                 with tarfile.open(fileobj=io.BytesIO(base64.b64decode(text.strip() or b""))) as tf:
-                    tf.extractall(ndir / "var-log", filter="data")
-            except (tarfile.TarError, ValueError):
-                fsutil.write_text(ndir / "var-log.error", text[-2000:])
+                    tf.extractall(ndir / "var-log", members=[m for m in tf if m.isfile() or m.isdir()],
+                                  filter="data")
+            except (tarfile.TarError, ValueError, OSError) as exc:
+                fsutil.write_text(ndir / "var-log.error", f"cannot unpack /var/log of {node}: {exc}\n")
     out(f"logs of {name} in {dest}")
     return dest
 

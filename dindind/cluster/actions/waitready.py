@@ -30,5 +30,8 @@ def wait(kubeconfig, names, timeout, server=None, sleep=1.0):
 def execute(ctx):
     if ctx.plan.settings.wait <= 0:
         return
-    waited = wait(ctx.kubeconfig, [n.name for n in ctx.plan.nodes], ctx.plan.settings.wait)
+    # the kubeconfig names the control plane by its container name, which only
+    # the nodes' network resolves: ask its address instead (a SAN of the cert)
+    server = f"https://{ctx.node_ips[ctx.plan.control_plane.name]}:6443"
+    waited = wait(ctx.kubeconfig, [n.name for n in ctx.plan.nodes], ctx.plan.settings.wait, server=server)
     ctx.status.info(f"{len(ctx.plan.nodes)} nodes Ready after {waited:.1f}s")
