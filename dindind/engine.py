@@ -271,7 +271,7 @@ def privilege_opts(image):
                 if api.wait(c, timeout=60).get("StatusCode") == 0:
                     return dict(opts)
             finally:
-                api.remove_container(c, force=True)
+                api.remove_container(c, force=True, v=True)
         except _sdk_errors():
             continue
     raise EngineError("the engine refuses both --privileged and the capability fallback",
