@@ -150,12 +150,12 @@ def _up_nested(layout, settings, publish, out):
                              ports={6443: publish}, env=[f"DINDIND_CLUSTER={settings.to_json()}"],
                              privilege=privilege, stop_timeout=60)
         _relay(top, settings, out)
-        if settings.wait <= 0:
-            return kubeconfig_path(layout, settings.name)
         kubeconfig = engine.get_file(top, KUBECONFIG_IN)
         path, server = _export_kubeconfig(layout, settings.name, kubeconfig, publish[0], _host_port(top, publish[0]))
-        waitready.wait(path.read_bytes(), [n for n, _ in plan_mod.node_names(settings.name, settings.workers)],
-                       timeout=60)
+        if settings.wait > 0:
+            # ready means ready from here too: through the published port, with the kubeconfig's credentials
+            waitready.wait(path.read_bytes(), [n for n, _ in plan_mod.node_names(settings.name, settings.workers)],
+                           timeout=60)
         return path
     except BaseException:
         if not settings.retain:
@@ -171,8 +171,7 @@ def _relay(top, settings, out):
         tail = (tail + [line])[-40:]
         if line.startswith((" • ", " ✓ ", " ✗ ", "   ", "ERROR", "hint", "dindind: ")):
             out(line)
-        if line == "dindind: cluster ready" or (settings.wait <= 0 and "Joining worker nodes" in line
-                                                 and line.startswith(" ✓")):
+        if line == "dindind: cluster ready":
             return
         if line == "dindind: cluster failed" or time.monotonic() > deadline:
             break

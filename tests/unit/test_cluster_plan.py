@@ -1,0 +1,140 @@
+"""The cluster plan, kubeadm configs, CNI config and node run arguments (no engine)."""
+
+import ipaddress
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dindind.cluster import kubeadm, plan
+from dindind.cluster.actions import cni, provision
+from dindind.cluster.context import Context
+from dindind.cluster.status import Status
+from dindind.engine import FALLBACK, PRIVILEGED
+from dindind.errors import DindindError
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "kubeadm"
+TOKEN = "abcdef.0123456789abcdef"
+
+
+def settings(**kw):
+    base = dict(name="demo", workers=2, node_image="dindind/node:v1.31.2_sample",
+                kubernetes_version="v1.31.2+sample", pod_subnet="10.244.0.0/16", service_subnet="10.96.0.0/16",
+                node_subnet="172.30.0.0/24")
+    base.update(kw)
+    return plan.Settings(**base)
+
+
+def test_names_roles_slices_and_static_ips():
+    p = plan.make_plan(settings(), token=TOKEN)
+    assert [(n.name, n.role, n.pod_cidr, n.ip) for n in p.nodes] == [
+        ("demo-control-plane", "control-plane", "10.244.0.0/24", "172.30.0.2"),
+        ("demo-worker", "worker", "10.244.1.0/24", "172.30.0.3"),
+        ("demo-worker2", "worker", "10.244.2.0/24", "172.30.0.4"),
+    ]
+    assert p.network == "dindind-demo"
+    assert p.labels("worker") == {"io.dindind.cluster": "demo", "io.dindind.role": "worker"}
+
+
+def test_bootstrap_tokens_are_fresh_and_well_formed():
+    tokens = {plan.bootstrap_token() for _ in range(20)}
+    assert len(tokens) == 20
+    assert all(re.fullmatch(r"[a-z0-9]{6}\.[a-z0-9]{16}", t) for t in tokens)
+    assert plan.make_plan(settings()).token != plan.make_plan(settings()).token
+
+
+def test_settings_round_trip_through_json_without_a_token():
+    s = settings(kubelet_extra_args=("--v=4",), kubeadm_patches=({"kind": "KubeletConfiguration", "maxPods": 9},))
+    text = s.to_json()
+    assert plan.Settings.from_json(text) == s
+    assert "token" not in json.loads(text)
+
+
+@pytest.mark.parametrize("version, api", [("v1.30.5", "v1beta3"), ("v1.31.0", "v1beta4"), ("v1.32.0-alpha.1", "v1beta4"),
+                                          ("v1.29.0+abc", "v1beta3"), ("v2.0.0", "v1beta4")])
+def test_kubeadm_api_version_is_chosen_in_code(version, api):
+    assert kubeadm.api_version(version) == api
+
+
+@pytest.mark.parametrize("version, node_index", [("v1.31.2+sample", 0), ("v1.31.2+sample", 1), ("v1.30.5", 0)])
+def test_rendered_kubeadm_config_matches_golden(version, node_index):
+    p = plan.make_plan(settings(kubernetes_version=version, kubelet_extra_args=("--v=4",)), token=TOKEN)
+    node = p.nodes[node_index]
+    text = kubeadm.render_config(p, node, node.ip, p.control_plane.ip)
+    golden = GOLDEN / f"{kubeadm.api_version(version)}-{node.role}.yaml"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.write_text(text)
+    assert text == golden.read_text(), f"{golden.name} differs; UPDATE_GOLDEN=1 rewrites it"
+    docs = list(yaml.safe_load_all(text))
+    kinds = [d["kind"] for d in docs]
+    assert kinds == ["ClusterConfiguration", "InitConfiguration", "JoinConfiguration", "KubeletConfiguration",
+                     "KubeProxyConfiguration"]
+    by = {d["kind"]: d for d in docs}
+    assert {"localhost", "127.0.0.1"} <= set(by["ClusterConfiguration"]["apiServer"]["certSANs"])
+    assert by["KubeProxyConfiguration"]["conntrack"]["maxPerCore"] == 0
+    assert by["KubeletConfiguration"]["cgroupDriver"] == "systemd"
+    assert by["KubeletConfiguration"]["evictionHard"] == {"nodefs.available": "0%", "nodefs.inodesFree": "0%",
+                                                          "imagefs.available": "0%"}
+    assert by["InitConfiguration"]["bootstrapTokens"][0]["token"] == TOKEN
+
+
+def test_kubelet_extra_args_reach_both_node_registrations():
+    p = plan.make_plan(settings(kubelet_extra_args=("--v=4", "--max-pods=20")), token=TOKEN)
+    docs = {d["kind"]: d for d in yaml.safe_load_all(kubeadm.render_config(p, p.nodes[1], "172.30.0.3", "172.30.0.2"))}
+    for kind in ("InitConfiguration", "JoinConfiguration"):
+        args = {a["name"]: a["value"] for a in docs[kind]["nodeRegistration"]["kubeletExtraArgs"]}
+        assert args["v"] == "4" and args["max-pods"] == "20" and args["node-ip"] == "172.30.0.3"
+
+
+def test_patches_are_merged_by_kind():
+    patches = ({"kind": "KubeletConfiguration", "maxPods": 50, "evictionHard": {"memory.available": "1%"}},)
+    p = plan.make_plan(settings(kubeadm_patches=patches), token=TOKEN)
+    docs = {d["kind"]: d for d in yaml.safe_load_all(kubeadm.render_config(p, p.nodes[0], "172.30.0.2", "172.30.0.2"))}
+    assert docs["KubeletConfiguration"]["maxPods"] == 50
+    assert docs["KubeletConfiguration"]["evictionHard"]["memory.available"] == "1%"
+    assert docs["KubeletConfiguration"]["evictionHard"]["nodefs.available"] == "0%"
+
+
+def test_a_patch_for_an_unknown_kind_is_refused():
+    p = plan.make_plan(settings(kubeadm_patches=({"kind": "Nope"},)), token=TOKEN)
+    with pytest.raises(DindindError, match="matches no document"):
+        kubeadm.render_config(p, p.nodes[0], "172.30.0.2", "172.30.0.2")
+
+
+def test_cni_conflist_and_routes_give_each_node_its_slice():
+    p = plan.make_plan(settings(), token=TOKEN)
+    ips = {n.name: n.ip for n in p.nodes}
+    for node in p.nodes:
+        conf = json.loads(cni.conflist(node))
+        assert [pl["type"] for pl in conf["plugins"]] == ["bridge", "portmap"]
+        assert conf["plugins"][0]["ipam"] == {"type": "host-local", "ranges": [[{"subnet": node.pod_cidr}]],
+                                              "routes": [{"dst": "0.0.0.0/0"}]}
+        routes = cni.routes(p, node, ips)
+        assert len(routes) == 2 and node.pod_cidr not in [r[0] for r in routes]
+        for dst, via in routes:
+            other = next(n for n in p.nodes if n.pod_cidr == dst)
+            assert via == other.ip
+    slices = [ipaddress.ip_network(n.pod_cidr) for n in p.nodes]
+    assert not any(a.overlaps(b) for i, a in enumerate(slices) for b in slices[i + 1:])
+
+
+@pytest.mark.parametrize("privilege", [PRIVILEGED, FALLBACK], ids=["privileged", "fallback"])
+def test_node_run_arguments(privilege, monkeypatch):
+    p = plan.make_plan(settings(), token=TOKEN)
+    ctx = Context(plan=p, node_image="img", status=Status(), publish=("127.0.0.1", 40000), privilege=privilege)
+    cp = provision.node_run_args(ctx, p.control_plane)
+    worker = provision.node_run_args(ctx, p.nodes[1])
+    assert cp["ports"] == {6443: ("127.0.0.1", 40000)} and "ports" not in worker
+    assert set(cp["tmpfs"]) == {"/run", "/run/lock", "/tmp"}
+    assert cp["privilege"] == privilege and cp["cgroupns"] == "private"
+    assert set(cp["volumes"].values()) == {"/var/lib/containerd", "/var/lib/kubelet", "/var/log"}
+    assert all(v.startswith("demo-control-plane-") for v in cp["volumes"])
+    assert cp["labels"] == {"io.dindind.cluster": "demo", "io.dindind.role": "control-plane"}
+    assert cp["stop_signal"] == "SIGRTMIN+3" and cp["ip"] == "172.30.0.2"
+    monkeypatch.setattr(provision.os.path, "isdir", lambda p: False)
+    assert "binds_ro" not in provision.node_run_args(ctx, p.nodes[1])   # no /lib/modules on the host
+    monkeypatch.setattr(provision.os.path, "isdir", lambda p: True)
+    assert provision.node_run_args(ctx, p.nodes[1])["binds_ro"] == {"/lib/modules": "/lib/modules"}
