@@ -77,6 +77,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--scale", type=float, default=1.0, help="image size factor for the realistic case")
     ap.add_argument("--skip-realistic", action="store_true")
+    ap.add_argument("--skip-sample", action="store_true")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dindind-bench-cluster-"))
     rows = []
@@ -85,9 +86,11 @@ def main():
         base = "node:\n  repository: dindind-bench/node\ncluster:\n  repository: dindind-bench/cluster\n"
         (project / "sample.yaml").write_text(base)
         print("building the sample images ...", flush=True)
-        run(project, "config=sample.yaml", "build")
-        up, down = cycle(project, "sample.yaml", "bench-sample", a.runs)
-        rows.append(("sample (few-KB images), preload", up, down))
+        run(project, "config=sample.yaml", "build:kubernetes")
+        if not a.skip_sample:
+            run(project, "config=sample.yaml", "build")
+            up, down = cycle(project, "sample.yaml", "bench-sample", a.runs)
+            rows.append(("sample (few-KB images), preload", up, down))
         if not a.skip_realistic:
             tree = pad_tree(project / "artifacts" / "kubernetes" / "sample", work / "padded", a.scale)
             extras = "".join(f"    - {tree}/kubernetes/extra-images/{n}.tar\n" for n in ("etcd", "coredns", "pause"))

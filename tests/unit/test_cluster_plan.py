@@ -130,7 +130,8 @@ def test_node_run_arguments(privilege, monkeypatch):
     assert cp["ports"] == {6443: ("127.0.0.1", 40000)} and "ports" not in worker
     assert set(cp["tmpfs"]) == {"/run", "/run/lock", "/tmp"}
     assert cp["privilege"] == privilege and cp["cgroupns"] == "private"
-    assert set(cp["volumes"].values()) == {"/var/lib/containerd", "/var/lib/kubelet", "/var/log"}
+    assert set(cp["volumes"].values()) == {"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs",
+                                           "/var/lib/kubelet", "/var/log"}
     assert all(v.startswith("demo-control-plane-") for v in cp["volumes"])
     assert cp["labels"] == {"io.dindind.cluster": "demo", "io.dindind.role": "control-plane"}
     assert cp["stop_signal"] == "SIGRTMIN+3" and cp["ip"] == "172.30.0.2"

@@ -6,13 +6,17 @@ import time
 from ...errors import DindindError
 
 TITLE = "Preparing nodes"
+SNAPSHOTS = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs"
 SYSTEMD_WAIT = 60
 
 
 def node_run_args(ctx, node):
     """Everything ``docker run`` gets for one node, as engine.run_container keywords."""
     plan = ctx.plan
-    volumes = {plan.volume(node, "containerd"): "/var/lib/containerd",
+    # Only containerd's snapshots need a volume (overlayfs cannot stack on the
+    # container's own overlay root). Its content store and metadata stay in the
+    # image's layers, so the preloaded images are not copied into every node.
+    volumes = {plan.volume(node, "containerd"): SNAPSHOTS,
                plan.volume(node, "kubelet"): "/var/lib/kubelet",
                plan.volume(node, "var-log"): "/var/log"}
     kw = dict(
