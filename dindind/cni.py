@@ -12,7 +12,6 @@ folder in whole only if something differs, so a repeated run writes nothing
 and doit sees no change.
 """
 
-import hashlib
 import os
 import re
 import shutil
@@ -22,7 +21,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from . import fsutil, proc
+from . import download, fsutil, proc
 from .errors import CommandError, DindindError, InputError
 
 # What kubernetes-cni ships: the plugins of containernetworking/plugins that
@@ -32,7 +31,6 @@ CNI_PLUGINS = (
     "macvlan", "portmap", "ptp", "sbr", "static", "tuning", "vlan", "vrf",
 )
 DEBIAN_PLUGIN_DIR = "usr/lib/cni"
-DOWNLOAD_TIMEOUT = 60
 # What a version must look like before it reaches a .deb control file.
 _VERSION_OK = re.compile(r"^[0-9][0-9A-Za-z.+~]*$")
 _URL_VERSION = re.compile(r"v([0-9]+\.[0-9]+\.[0-9]+)(?![0-9])")
@@ -229,26 +227,8 @@ def _from_debian(package, layout, work):
 # ---------------------------------------------------------------- tgz
 
 def _download(url, sha256, dest):
-    """Stream ``url`` to ``dest`` verifying ``sha256``; on any failure nothing is left behind."""
-    h = hashlib.sha256()
-    hint = "check cni.url and the network (or use a file:// URL)"
-    try:
-        with fsutil.atomic_path(dest, suffix=".part") as tmp:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as resp, open(tmp, "wb") as out:
-                for block in iter(lambda: resp.read(fsutil.CHUNK), b""):
-                    h.update(block)
-                    out.write(block)
-            if h.hexdigest() != sha256:
-                raise InputError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {h.hexdigest()}",
-                                 hint="the download is corrupt or cni.sha256 is wrong; check it against "
-                                      "the release's published .sha256 file")
-    except urllib.error.HTTPError as exc:
-        raise InputError(f"cannot download {url}: HTTP {exc.code} {exc.reason}", hint=hint) from None
-    except urllib.error.URLError as exc:
-        raise InputError(f"cannot download {url}: {exc.reason}", hint=hint) from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot download {url}: {exc}", hint=hint) from None
-    return Path(dest)
+    """Stream ``url`` to ``dest``, verifying ``sha256`` (dindind.download); nothing is left on failure."""
+    return download.download(url, sha256, dest, "cni.url / cni.sha256")
 
 
 def fetch_tgz(url, sha256, layout):

@@ -391,8 +391,6 @@ def inspect_container(name):
 
 def exec_in(container, cmd, *, check=True, environment=None, workdir=None):
     """Run ``cmd`` in a running container; return (exit code, combined output)."""
-    import shlex
-
     api = client()
     ex = _call(f"exec in {container}", api.exec_create, container, cmd, environment=environment, workdir=workdir)
     out = _call(f"exec in {container}", api.exec_start, ex["Id"])
@@ -636,6 +634,9 @@ def push(ref, echo=print):
             if status and not event.get("progressDetail"):
                 line = f"{event['id']}: {status}" if event.get("id") else status
                 tail.append(line)
+                m = re.search(r"\bdigest: (sha256:[0-9a-f]{64})\b", status)   # "<tag>: digest: ... size: N"
+                if m and not digest:
+                    digest = m.group(1)
     except _sdk_errors() as exc:
         raise EngineError(f"docker push {ref} failed: {exc}", detail="\n".join(tail) or None,
                           hint="check that the registry is up and reachable from the engine") from None
@@ -649,6 +650,8 @@ def _registry_host(ref):
     first, _, rest = ref.partition("/")
     if not rest or not ("." in first or ":" in first or first == "localhost"):
         return "registry-1.docker.io", ref
+    if first in ("docker.io", "index.docker.io"):
+        return "registry-1.docker.io", rest
     return first, rest
 
 

@@ -14,16 +14,13 @@ folder in place, ``release`` downloads, verifies, caches and extracts the
 release tarballs. :func:`read_tree` validates any of them into a :class:`Tree`.
 """
 
-import hashlib
 import json
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from . import dockerarchive, fsutil, sample
+from . import download, dockerarchive, fsutil, sample
 from .config import TAG_RE, VERSION_RE
 from .errors import InputError
 from .layout import COMPONENT_IMAGES, SERVER_BINARIES, docker_tag
@@ -32,7 +29,6 @@ ARCH = sample.ARCH
 REGISTRY = sample.REGISTRY
 TEST_BINARIES = sample.TEST_BINARIES
 RELEASE_STAMP = ".dindind-release.json"
-DOWNLOAD_TIMEOUT = 60
 _LAYOUT_HINT = ("the folder must hold kubernetes/ laid out like the official server and test "
                 "release tarballs extracted side by side (see docs: 'The Kubernetes tree')")
 
@@ -263,33 +259,8 @@ def generate_sample(cfg, layout):
 # ---------------------------------------------------------------- release
 
 def _download(url, sha256, dest):
-    """Stream ``url`` to ``dest`` (via a temp file beside it), verifying ``sha256``.
-
-    Side effect: creates ``dest``; on any failure nothing is left behind.
-    """
-    h = hashlib.sha256()
-    try:
-        with fsutil.atomic_path(dest, suffix=".part") as tmp:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as resp, open(tmp, "wb") as out:
-                for block in iter(lambda: resp.read(fsutil.CHUNK), b""):
-                    h.update(block)
-                    out.write(block)
-            if h.hexdigest() != sha256:
-                raise InputError(
-                    f"checksum mismatch for {url}: expected sha256 {sha256}, got {h.hexdigest()}",
-                    hint="the download is corrupt or the configured sha256 is wrong; "
-                         "check kubernetes.*_sha256 against the release's published checksums")
-    except urllib.error.HTTPError as exc:
-        exc.close()                     # it holds the response (and its socket) open
-        raise InputError(f"cannot download {url}: HTTP {exc.code} {exc.reason}",
-                         hint="check the URL in kubernetes.server_url / kubernetes.test_url") from None
-    except urllib.error.URLError as exc:
-        raise InputError(f"cannot download {url}: {exc.reason}",
-                         hint="check the URL and the network (or use a file:// URL)") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot download {url}: {exc}",
-                         hint="check the URL and the network (or use a file:// URL)") from None
-    return Path(dest)
+    """Stream ``url`` to ``dest``, verifying ``sha256`` (dindind.download); nothing is left on failure."""
+    return download.download(url, sha256, dest, "kubernetes.server_url/test_url and *_sha256")
 
 
 def fetch(url, sha256, layout):

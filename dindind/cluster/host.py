@@ -10,7 +10,6 @@ State lives in labels (``io.dindind.cluster=<name>``), not in files: the
 kubeconfig under artifacts/clusters/<name>/ is a convenience copy.
 """
 
-import datetime
 import io
 import json
 import os
@@ -18,7 +17,6 @@ import shlex
 import socket
 import tarfile
 import time
-from pathlib import Path
 
 from .. import engine, fsutil
 from ..errors import DindindError
@@ -389,7 +387,7 @@ def e2e(cfg, layout, name=None, focus=None, skip=None, parallel=None, flake_atte
             fsutil.write_text(tmp / "e2e.log", text)
             engine.get_dir(sh.top, report, tmp)
     else:
-        from .. import proc, sources
+        from .. import sources
 
         bins = sources.test_binaries(cfg, layout)
         with fsutil.atomic_dir(dest) as tmp:
