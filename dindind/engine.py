@@ -34,6 +34,9 @@ FALLBACK = {
 PRIVILEGED = {"privileged": True, "security_opt": ["seccomp=unconfined", "apparmor=unconfined"]}
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 # ------------------------------------------------------------------ the fast path
 
 def _socket_path():
@@ -160,7 +163,7 @@ def build(context_tar, tags, *, labels=None, buildargs=None, log_path=None, echo
                     text = event["stream"]
                     if log:
                         log.write(text)
-                    for line in text.splitlines():
+                    for line in _ANSI.sub("", text).splitlines():
                         if not line.strip():
                             continue
                         tail.append(line)
@@ -233,11 +236,13 @@ def save(ref, out_path, compress="zstd", level=3):
                             z.stdin.write(chunk)
                     finally:
                         z.stdin.close()
-                        if z.wait() != 0:
-                            raise EngineError(f"zstd failed while saving {ref}")
+                        rc = z.wait()
+                    if rc != 0:
+                        raise EngineError(f"zstd failed while saving {ref}")
                 else:
                     for chunk in chunks:
                         out.write(chunk)
+            os.chmod(tmp, 0o644)
     except _sdk_errors() as exc:
         raise EngineError(f"docker save of {ref} failed: {exc}") from None
     return Path(out_path)
