@@ -311,7 +311,9 @@ def build_deb(spec, out_path, epoch):
         _stage(entries, root, epoch)
         with fsutil.atomic_path(out_path, suffix=".deb") as tmp:
             try:
-                proc.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", root, tmp],
+                # gzip -6: deterministic on any machine (unlike multi-threaded xz/zstd) and 10x
+                # faster than xz on the 45 MB of CNI plugins; the .deb is an intermediate artifact
+                proc.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z6", "--build", root, tmp],
                          env={"SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C"})
             except CommandError as exc:
                 if exc.returncode != 127:

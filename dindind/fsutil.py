@@ -259,3 +259,28 @@ class DeterministicTar:
             with open(tmp, "wb") as f:
                 self.write(f)
         return Path(path)
+
+
+def _stale(name):
+    return name.startswith(".") and (name.endswith(".tmp") or name.endswith(".old") or ".staging." in name)
+
+
+def remove_stale(root):
+    """Remove temporary files and folders that an interrupted run left under ``root``.
+
+    Only call this while holding the checkout's lock (dindind.lock): then no
+    other run can be writing them. Returns the paths removed.
+    """
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in list(dirnames):
+            if _stale(name):
+                shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+                removed.append(os.path.join(dirpath, name))
+                dirnames.remove(name)
+        for name in filenames:
+            if _stale(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                removed.append(os.path.join(dirpath, name))
+    return removed
