@@ -180,32 +180,31 @@ SPEC = {
 
 # ---------------------------------------------------------------- decoding
 
-class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that records duplicate keys instead of silently overriding."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self.duplicates = []
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
-                self.duplicates.append((key, key_node.start_mark.line + 1))
-            seen[key] = True
-        return super().construct_mapping(node, deep=deep)
+def _duplicates(node, path=""):
+    """(key path, line) of every key repeated within one mapping of a composed YAML tree."""
+    found = []
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+            keypath = f"{path}.{key}" if path else key
+            if key in seen:
+                found.append((keypath, key_node.start_mark.line + 1))
+            seen.add(key)
+            found += _duplicates(value_node, keypath)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _duplicates(item, f"{path}[{i}]")
+    return found
 
 
 def _decode(path, text):
-    loader = _StrictLoader(text)
     try:
-        data = loader.get_single_data()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(path, [f"not valid YAML: {exc}".replace("\n", " ")]) from None
-    finally:
-        loader.dispose()
-    problems = [f"line {line}: duplicate key {key!r}" for key, line in loader.duplicates]
+    problems = [f"{keypath}: duplicate key (line {line})" for keypath, line in _duplicates(node)]
     return data, problems
 
 
