@@ -3,13 +3,15 @@
     doit build                    # the default: everything below
     doit config=my.yaml build     # another config (or DINDIND_CONFIG=my.yaml)
     doit list --all               # every task and subtask with its help line
+    doit release --push 127.0.0.1:5000   # release (artifacts/release/<version>/), push, verify
+    doit release:verify --dir DIR        # check a release directory
 """
 
 import os
 import sys
 from pathlib import Path
 
-from doit import get_var
+from doit import get_var, task_params
 
 from dindind import tasks
 from dindind.config import ROOT
@@ -23,6 +25,10 @@ try:
     from dindind import lock
 
     lock.hold(Layout(ROOT).lock)
+    # holding the lock, anything half-written is from an interrupted run: remove it
+    from dindind.fsutil import remove_stale
+
+    remove_stale(Layout(ROOT).artifacts)
     _BUILD = list(tasks.build_tasks(CONFIG, ROOT))
     from dindind.cluster import tasks as cluster_tasks
 
@@ -41,6 +47,17 @@ def task_build():
 def task_cluster():
     """Clusters: cluster:up, cluster:down, cluster:status, cluster:kubeconfig, cluster:logs, cluster:load, cluster:e2e."""
     yield from _CLUSTER
+
+
+@task_params(tasks.RELEASE_PARAMS)
+def task_release(version, push, out_dir):
+    """Build, write artifacts/release/<version>/ (--version V, --dir DIR), push (--push REGISTRY), verify."""
+    return tasks.release_task(CONFIG, ROOT, version, push, out_dir)
+
+
+def task_release_verify():
+    """Check a release directory (--dir DIR): checksums, manifest.json, every image archive."""
+    yield tasks.release_verify_task(CONFIG, ROOT)
 
 
 def task_engine():

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import engine, fsutil, proc, render
+from . import engine, fsutil, proc, release, render
 from .config import ROOT
 from .errors import DindindError
 from .layout import Layout, docker_tag
@@ -197,6 +197,7 @@ def build_node(cfg, layout, deb_names, echo=print):
     labels = input_labels(inputs)
     labels[f"{LABEL}.kubernetes.version"] = tree["version"]
     labels[f"{LABEL}.preload"] = str(bool(cfg.node["preload"])).lower()
+    labels.update(release.oci_labels(tree["version"], layout.root, cfg.source_date_epoch))
     image = _build_context(layout, "node", ctx, [refs["node"]], labels, echo)
     return write_stamp(layout.stamp("node"), image, [refs["node"]], inputs,
                        {"kubernetes_version": tree["version"], "preload": bool(cfg.node["preload"])})
@@ -282,6 +283,7 @@ def build_cluster(cfg, layout, test_bins, echo=print):
     labels = input_labels(inputs)
     labels[f"{LABEL}.kubernetes.version"] = version
     labels[f"{LABEL}.node-image"] = node["tags"][0]
+    labels.update(release.oci_labels(version, layout.root, cfg.source_date_epoch))
     image = _build_context(layout, "cluster", ctx, [ref], labels, echo)
     return write_stamp(layout.stamp("cluster"), image, [ref], inputs,
                        {"kubernetes_version": version, "node_image": node["tags"][0]})

@@ -204,7 +204,7 @@ bogus: {}
 """
 BAD_KEYS = ("kubernetes.versoin: unknown key", "kubernetes.path: required", "node.repository: 'Not A Repo'",
             "node.preload: expected boolean", "cluster.workers: 99", "cluster.pod_subnet: '10.244.0.0/33'",
-            "bogus: unknown key", "node.tag: duplicate key (line 5)")
+            "bogus: unknown key", "node.tag: duplicate key (line 8)")
 
 
 def _check_bad_config_run(r, name):
