@@ -18,7 +18,7 @@ from .config import ROOT
 from .errors import DindindError
 from .layout import Layout, docker_tag
 
-BASE_RECIPE = 2  # bump when build_base's recipe changes
+BASE_RECIPE = 3  # bump when build_base's recipe changes
 # Documentation, man pages and locales are not installed in any dindind image.
 DPKG_NODOC = """\
 path-exclude=/usr/share/doc/*
@@ -137,7 +137,10 @@ def _debootstrap_import(cfg, layout, ref, inputs, echo):
         (rootfs / "etc/dpkg/dpkg.cfg.d/01-dindind-nodoc").write_text(DPKG_NODOC)
         _prune_docs(rootfs)
         tar = work / "rootfs.tar"
-        proc.run(["tar", "-C", rootfs, "--numeric-owner", "--sort=name", "-cf", tar, "."])
+        (rootfs / "var/cache/ldconfig/aux-cache").unlink(missing_ok=True)
+        # sorted, numeric owners, mtimes clamped: the same packages give the same layer
+        proc.run(["tar", "-C", rootfs, "--numeric-owner", "--sort=name", f"--mtime=@{cfg.source_date_epoch}",
+                  "--clamp-mtime", "-cf", tar, "."])
         changes = ['ENV container=docker', 'CMD ["/bin/bash"]']
         changes += [f'LABEL {k}="{v}"' for k, v in input_labels({"base": fsutil.digest_json(inputs)}).items()]
         echo(f"  docker import -> {ref}")
@@ -176,17 +179,22 @@ def _digests(paths):
 
 
 def build_node(cfg, layout, deb_names, echo=print):
-    """Build the node image from the rendered context, the debs and the component images."""
+    """Build the node image from the rendered context, the debs and the component images.
+
+    Every directory of the context mirrors the image's filesystem (``debs/var/cache/...``)
+    and is copied with ``COPY <dir>/ /``, so the directories a COPY creates carry the
+    context's clamped mtimes too and the layer is the same in every build.
+    """
     tree = read_json(layout.kubernetes / "tree.json")
     base = read_json(layout.stamp("base"))
     ctx = fsutil.DeterministicTar(cfg.source_date_epoch)
     ctx.add_tree("", layout.context / "node")
     parts = {}
     for name in deb_names:
-        ctx.add_file(f"debs/{name}.deb", layout.deb(name))
+        ctx.add_file(f"debs/var/cache/dindind/debs/{name}.deb", layout.deb(name))
         parts[f"deb.{name}"] = layout.deb(name)
     for img in tree["images"]:
-        ctx.add_file(f"images/{img['name']}.tar", img["tarball"])
+        ctx.add_file(f"images/var/lib/dindind/images/{img['name']}.tar", img["tarball"])
         parts[f"image.{img['name']}"] = Path(img["tarball"])
     inputs = _digests(parts)
     inputs["context"] = "sha256:" + fsutil.digest_json(
@@ -264,15 +272,15 @@ def build_cluster(cfg, layout, test_bins, echo=print):
     ctx = fsutil.DeterministicTar(cfg.source_date_epoch)
     ctx.add_tree("", layout.context / "cluster")
     archive = layout.images / node_archive_name(cfg)
-    ctx.add_file(f"node/{archive.name}", archive)
+    ctx.add_file(f"node/opt/dindind/node/{archive.name}", archive)
     parts = {"node-archive": archive}
     for name, path in sorted(test_bins.items()):
-        ctx.add_file(f"bin/{name}", path, 0o755)
+        ctx.add_file(f"bin/usr/local/bin/{name}", path, 0o755)
         parts[f"bin.{name}"] = Path(path)
     pkg = {}
     for p in package_files(layout.root):
         rel = p.relative_to(layout.root).as_posix()
-        ctx.add_file(f"python/{rel}", p)
+        ctx.add_file(f"python/opt/dindind/python/{rel}", p)
         pkg[rel] = fsutil.sha256_file(p)
     inputs = _digests(parts)
     inputs["dindind"] = "sha256:" + fsutil.digest_json(pkg)
