@@ -31,10 +31,12 @@ def rollback(ctx):
             ctx.status.info(f"could not remove {kind} {name}: {exc}")
 
 
-def create(plan, node_image, *, publish=None, privilege=None, status=None):
+def create(plan, node_image, *, publish=None, privilege=None, status=None, engine=None):
     """Run every action; return the Context (with the admin kubeconfig)."""
     ctx = Context(plan=plan, node_image=node_image, status=status or Status(), publish=publish,
                   privilege=privilege)
+    if engine is not None:
+        ctx.engine = engine
     try:
         for action in actions(plan.settings):
             with ctx.status.step(action.TITLE):

@@ -1,5 +1,6 @@
 """The cluster plan, kubeadm configs, CNI config and node run arguments (no engine)."""
 
+import io
 import ipaddress
 import json
 import os
@@ -139,3 +140,44 @@ def test_node_run_arguments(privilege, monkeypatch):
     assert "binds_ro" not in provision.node_run_args(ctx, p.nodes[1])   # no /lib/modules on the host
     monkeypatch.setattr(provision.os.path, "isdir", lambda p: True)
     assert provision.node_run_args(ctx, p.nodes[1])["binds_ro"] == {"/lib/modules": "/lib/modules"}
+
+
+def test_actions_run_in_kinds_order_and_cni_none_skips_the_network():
+    from dindind.cluster import create
+
+    titles = [a.TITLE for a in create.actions(settings())]
+    assert titles == ["Preparing nodes", "Writing configuration", "Starting control-plane", "Installing CNI",
+                      "Joining worker nodes", "Waiting for nodes to be Ready"]
+    assert "Installing CNI" not in [a.TITLE for a in create.actions(settings(cni="none"))]
+
+
+def test_failed_action_rolls_back_what_was_created_unless_retained(monkeypatch):
+    from dindind.cluster import create
+
+    removed = []
+
+    class FakeEngine:
+        def remove_container(self, name, volumes=True):
+            removed.append(("container", name, volumes))
+
+        def remove_volume(self, name):
+            removed.append(("volume", name))
+
+        def remove_network(self, name):
+            removed.append(("network", name))
+
+    class Boom:
+        TITLE = "Failing"
+
+        @staticmethod
+        def execute(ctx):
+            ctx.created += [("network", "n"), ("volume", "v"), ("container", "c")]
+            raise DindindError("boom")
+
+    monkeypatch.setattr(create, "actions", lambda s: [Boom])
+    for retain, expected in ((False, [("container", "c", True), ("volume", "v"), ("network", "n")]), (True, [])):
+        removed.clear()
+        p = plan.make_plan(settings(retain=retain), token=TOKEN)
+        with pytest.raises(DindindError):
+            create.create(p, "img", status=Status(out=io.StringIO()), engine=FakeEngine())
+        assert removed == expected
