@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ("dodo.py", "pyproject.toml", "dindind", "templates", "config")
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import copy_project  # noqa: E402  (one project copier for tests and benchmarks)
 REPOS = {"node": "dindind-bench/build-node", "cluster": "dindind-bench/build-cluster"}
 BASE_REPO = "dindind-bench/build-base"
 TEMPLATE = Path("templates/node/files/etc/systemd/system/dindind-preload.service")
@@ -101,16 +102,6 @@ class Run:
                              f"{self.stderr[-3000:]}")
 
 
-def copy_project(dest):
-    dest.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    (dest / "artifacts").mkdir()
-    return dest
 
 
 def config_text(base_repo=None, kubernetes=""):

@@ -15,7 +15,6 @@ Medians of --runs runs.
 """
 
 import argparse
-import json
 import os
 import shutil
 import statistics

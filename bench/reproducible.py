@@ -33,9 +33,10 @@ import time
 from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import copy_project  # noqa: E402  (one project copier for tests and benchmarks)
 sys.path.insert(0, str(ROOT))
 
-PROJECT_FILES = ("dodo.py", "pyproject.toml", "dindind", "templates", "config")
 REPOS = {"base": "dindind-test/repro-base", "node": "dindind-test/repro-node", "cluster": "dindind-test/repro-cluster"}
 EPOCH = 1700000000
 CHUNK = 1 << 20
@@ -64,16 +65,6 @@ def docker(*args, check=True):
     return r
 
 
-def copy_project(dest, source=ROOT):
-    dest.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = source / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    (dest / "artifacts").mkdir()
-    return dest
 
 
 def build(project, shared_base):

@@ -14,12 +14,12 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PROJECT_FILES = ("dodo.py", "pyproject.toml", "dindind", "templates", "config")
 
 
-def copy_project(dest):
-    """A fresh checkout-like copy of the project (no artifacts, no venv)."""
+def copy_project(dest, source=ROOT):
+    """A fresh checkout-like copy of the project (no artifacts, no venv); bench/ uses it too."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
-        src = ROOT / name
+        src = Path(source) / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
