@@ -114,6 +114,9 @@ def test_routes_and_a_ping_across_nodes_through_the_real_cni_plugins(nested):
     assert addrs[a].startswith("10.244.0.") and addrs[b].startswith("10.244.2.")
     code, out = sh.run(a, ["ip", "netns", "exec", "ptest", "ping", "-c", "2", "-W", "3", addrs[b]], check=False)
     assert code == 0 and " 0% packet loss" in out, out
+    # and a pod-like namespace resolves node names: the engine's DNS is served on the node's address
+    code, out = sh.run(a, ["ip", "netns", "exec", "ptest", "getent", "hosts", b], check=False)
+    assert code == 0 and out.split()[0] == host.Shell(NESTED).run(b, ["hostname", "-i"])[1].split()[0], out
 
 
 def test_api_port_is_bound_on_loopback_only(nested):
