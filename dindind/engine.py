@@ -91,10 +91,11 @@ def image_id(ref):
 
 
 def stamp_uptodate(stamp_path):
-    """doit ``uptodate`` check: the stamp exists and its image is still in the engine."""
+    """doit ``uptodate`` check: the stamp exists and its image is still in the engine
+    under every tag the stamp records (a removed or moved tag counts as gone)."""
     try:
         stamp = json.loads(Path(stamp_path).read_text())
-        return image_id(stamp["id"]) == stamp["id"]
+        return all(image_id(ref) == stamp["id"] for ref in [stamp["id"], *stamp["tags"]])
     except (OSError, ValueError, KeyError, EngineError):
         # engine unreachable: not known to be up to date; the action then fails with one clear line
         return False

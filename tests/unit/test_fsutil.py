@@ -41,3 +41,20 @@ def test_remove_stale_removes_only_temporaries(tmp_path):
     assert sorted(removed) == sorted(str(p) for p in stale + stale_dirs)
     assert all(p.exists() for p in keep)
     assert not any(p.exists() for p in stale + stale_dirs)
+
+
+def test_stamp_is_stale_when_its_image_or_a_tag_is_gone(tmp_path, monkeypatch):
+    import json
+
+    from dindind import engine
+
+    images = {"sha256:abc": "sha256:abc", "repo/node:v1": "sha256:abc"}
+    monkeypatch.setattr(engine, "image_id", lambda ref: images.get(ref))
+    stamp = tmp_path / "node.json"
+    stamp.write_text(json.dumps({"id": "sha256:abc", "tags": ["repo/node:v1"]}))
+    assert engine.stamp_uptodate(stamp) is True
+    images["repo/node:v1"] = "sha256:other"          # retagged behind dindind's back
+    assert engine.stamp_uptodate(stamp) is False
+    del images["repo/node:v1"]                        # tag removed
+    assert engine.stamp_uptodate(stamp) is False
+    assert engine.stamp_uptodate(tmp_path / "missing.json") is False
