@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import copy_project  # noqa: E402  (one project copier for tests and benchmarks)
 sys.path.insert(0, str(ROOT))
+from dindind import engine, fsutil  # noqa: E402
 
 REPOS = {"base": "dindind-test/repro-base", "node": "dindind-test/repro-node", "cluster": "dindind-test/repro-cluster"}
 EPOCH = 1700000000
@@ -92,16 +93,8 @@ def file_digests(project):
     out = {}
     for label, folder, pattern in FILE_GROUPS:
         files = sorted(p for p in (art / folder).glob(pattern) if p.is_file())
-        out[label] = {p.relative_to(art).as_posix(): _sha_file(p) for p in files}
+        out[label] = {p.relative_to(art).as_posix(): fsutil.sha256_file(p) for p in files}
     return out
-
-
-def _sha_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------ image layers
@@ -155,8 +148,6 @@ def _entries(f):
 
 def image_layers(ref):
     """[{diff_id, created_by, entries}] of each layer of ``ref``, from a streamed docker save."""
-    from dindind import engine
-
     layers, small, links = {}, {}, {}
     with tarfile.open(fileobj=_Chunks(engine.save_chunks(ref)), mode="r|", bufsize=CHUNK) as tf:
         for m in tf:

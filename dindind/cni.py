@@ -226,23 +226,13 @@ def _from_debian(package, layout, work):
 
 # ---------------------------------------------------------------- tgz
 
-def _download(url, sha256, dest):
-    """Stream ``url`` to ``dest``, verifying ``sha256`` (dindind.download); nothing is left on failure."""
-    return download.download(url, sha256, dest, "cni.url / cni.sha256")
-
-
 def fetch_tgz(url, sha256, layout):
     """The verified cached copy of ``url``: ``layout.cache/downloads/<sha256>.tgz``.
 
     A cached file whose digest no longer matches is deleted and fetched again;
     a verified cache hit makes no request.
     """
-    dest = layout.cache / "downloads" / f"{sha256}.tgz"
-    if dest.is_file():
-        if fsutil.sha256_file(dest) == sha256:
-            return dest
-        dest.unlink()
-    return _download(url, sha256, dest)
+    return download.cached(url, sha256, layout.cache / "downloads" / f"{sha256}.tgz", "cni.url / cni.sha256")
 
 
 def _from_tgz(url, sha256, layout, work):

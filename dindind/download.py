@@ -37,3 +37,17 @@ def download(url, sha256, dest, key):
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot download {url}: {exc}", hint=net_hint) from None
     return Path(dest)
+
+
+def cached(url, sha256, dest, key):
+    """The verified copy of ``url`` at ``dest``, downloading only when needed.
+
+    A cached file whose digest no longer matches is deleted and fetched
+    again; a verified cache hit makes no request.
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        if fsutil.sha256_file(dest) == sha256:
+            return dest
+        dest.unlink()
+    return download(url, sha256, dest, key)

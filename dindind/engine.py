@@ -135,10 +135,16 @@ def inspect_image(ref):
         raise EngineError(f"cannot inspect image {ref}: {exc}") from None
 
 
-def tag(image, ref):
+def split_ref(ref):
+    """'host:5000/a/b:tag' -> ('host:5000/a/b', 'tag'); the tag defaults to 'latest'."""
     repo, _, t = ref.rpartition(":")
     if "/" in t or not repo:
-        repo, t = ref, "latest"
+        return ref, "latest"
+    return repo, t
+
+
+def tag(image, ref):
+    repo, t = split_ref(ref)
     client().tag(image, repo, t, force=True)
 
 
@@ -199,7 +205,7 @@ def build(context_tar, tags, *, labels=None, buildargs=None, log_path=None, echo
 
 def import_rootfs(tar_path, ref, changes):
     """``docker import`` a root filesystem tarball; return the image id."""
-    repo, _, t = ref.rpartition(":")
+    repo, t = split_ref(ref)
     try:
         # import_image_from_file streams the file with its length; the _stream
         # variant sends a chunked header that dockerd 20.10 rejects.
@@ -226,34 +232,24 @@ def save(ref, out_path, compress="zstd", level=3):
 
     Never holds the image in memory; the file appears only when complete.
     """
-    try:
-        chunks = client().get_image(ref, chunk_size=1 << 20)
-        with fsutil.atomic_path(out_path) as tmp:
-            with open(tmp, "wb") as out:
-                if compress == "zstd":
-                    z = subprocess.Popen(["zstd", "-q", f"-{level}", "-T0", "-c"], stdin=subprocess.PIPE, stdout=out)
-                    try:
-                        for chunk in chunks:
-                            z.stdin.write(chunk)
-                    finally:
-                        z.stdin.close()
-                        rc = z.wait()
-                    if rc != 0:
-                        raise EngineError(f"zstd failed while saving {ref}")
-                else:
+    chunks = save_chunks(ref)
+    with fsutil.atomic_path(out_path) as tmp:
+        with open(tmp, "wb") as out:
+            if compress == "zstd":
+                z = subprocess.Popen(["zstd", "-q", f"-{level}", "-T0", "-c"], stdin=subprocess.PIPE, stdout=out)
+                try:
                     for chunk in chunks:
-                        out.write(chunk)
-            os.chmod(tmp, 0o644)
-    except _sdk_errors() as exc:
-        raise EngineError(f"docker save of {ref} failed: {exc}") from None
+                        z.stdin.write(chunk)
+                finally:
+                    z.stdin.close()
+                    rc = z.wait()
+                if rc != 0:
+                    raise EngineError(f"zstd failed while saving {ref}")
+            else:
+                for chunk in chunks:
+                    out.write(chunk)
+        os.chmod(tmp, 0o644)
     return Path(out_path)
-
-
-def remove_image(ref):
-    try:
-        client().remove_image(ref, force=True)
-    except _sdk_errors():
-        pass
 
 
 # ------------------------------------------------------------------ privileged containers
@@ -391,6 +387,10 @@ def run_container(image, name, *, labels, command=None, entrypoint=None, hostnam
     return c["Id"]
 
 
+def start_container(name):
+    _call(f"start container {name}", client().start, name)
+
+
 def inspect_container(name):
     return _call(f"inspect container {name}", client().inspect_container, name)
 
@@ -400,7 +400,7 @@ def exec_in(container, cmd, *, check=True, environment=None, workdir=None):
     api = client()
     ex = _call(f"exec in {container}", api.exec_create, container, cmd, environment=environment, workdir=workdir)
     out = _call(f"exec in {container}", api.exec_start, ex["Id"])
-    code = api.exec_inspect(ex["Id"])["ExitCode"]
+    code = _call(f"exec in {container}", api.exec_inspect, ex["Id"])["ExitCode"]
     text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
     if check and code != 0:
         from .errors import CommandError
@@ -453,13 +453,15 @@ def logs(container, tail="all"):
 
 def stream_logs(container):
     """Yield log lines of a container as they come (follow)."""
-    api = client()
     buf = b""
-    for chunk in api.logs(container, stream=True, follow=True):
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            yield line.decode(errors="replace").rstrip("\r")
+    try:
+        for chunk in client().logs(container, stream=True, follow=True):
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                yield line.decode(errors="replace").rstrip("\r")
+    except _sdk_errors() as exc:
+        raise EngineError(f"failed to follow the logs of {container}: {_explain(exc)}") from None
     if buf:
         yield buf.decode(errors="replace")
 
@@ -516,10 +518,6 @@ def remove_network(name):
         pass
     except _sdk_errors() as exc:
         raise EngineError(f"failed to remove network {name}: {_explain(exc)}") from None
-
-
-def stop_container(name, timeout=30):
-    _call(f"stop container {name}", client().stop, name, timeout=timeout)
 
 
 def dangling_volumes():
@@ -608,14 +606,6 @@ def save_chunks(ref, chunk_size=1 << 20):
             yield chunk
     except _sdk_errors() as exc:
         raise EngineError(f"docker save of {ref} failed: {exc}") from None
-
-
-def split_ref(ref):
-    """'host:5000/a/b:tag' -> ('host:5000/a/b', 'tag'); the tag defaults to 'latest'."""
-    repo, _, t = ref.rpartition(":")
-    if "/" in t or not repo:
-        return ref, "latest"
-    return repo, t
 
 
 def push(ref, echo=print):

@@ -8,7 +8,6 @@ their input digests as labels.
 """
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from . import engine, fsutil, proc, release, render
 from .config import ROOT
 from .errors import DindindError
-from .layout import Layout, docker_tag
+from .layout import docker_tag
 
 BASE_RECIPE = 3  # bump when build_base's recipe changes
 # Documentation, man pages and locales are not installed in any dindind image.

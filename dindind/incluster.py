@@ -61,7 +61,7 @@ def load_node_image(ref, archive):
     log(f"node image {ref} loaded in {time.monotonic() - t:.1f}s")
 
 
-def bring_up(settings_json, node_image):
+def bring_up(settings, node_image):
     """Create the cluster, or restart the one this container already holds."""
     from . import engine
     from .cluster import create as create_mod
@@ -70,18 +70,17 @@ def bring_up(settings_json, node_image):
     from .cluster.context import Context
     from .cluster.status import Status
 
-    settings = plan_mod.Settings.from_json(settings_json)
     existing = engine.containers({plan_mod.CLUSTER_LABEL: settings.name})
     kubeconfig_path = os.path.join(STATE, "kubeconfig")
     if existing and os.path.exists(kubeconfig_path):
         log(f"restarting {len(existing)} existing node(s)")
-        plan = plan_mod.make_plan(settings, token="restart.notusedhere0")
+        plan = plan_mod.make_plan(settings)     # its fresh token is unused: every node has joined
         ctx = Context(plan=plan, node_image=node_image, status=Status())
         with open(kubeconfig_path, "rb") as f:
             ctx.kubeconfig = f.read()
         with ctx.status.step("Starting nodes"):
             for node in plan.nodes:
-                engine.client().start(node.name)
+                engine.start_container(node.name)
             for node in plan.nodes:
                 provision.wait_for_systemd(ctx, node)
                 ctx.node_ips[node.name] = node.ip
@@ -119,11 +118,13 @@ def main(argv=None):
     log("dockerd is up")
     node_image = os.environ["DINDIND_NODE_IMAGE"]
     load_node_image(node_image, os.environ["DINDIND_NODE_ARCHIVE"])
-    settings = os.environ.get("DINDIND_CLUSTER")
+    settings_json = os.environ.get("DINDIND_CLUSTER")
     code = 0
-    if settings:
+    if settings_json:
+        from .cluster.plan import Settings
         from .errors import DindindError
 
+        settings = Settings.from_json(settings_json)
         try:
             bring_up(settings, node_image)
             log("cluster ready")
@@ -131,8 +132,7 @@ def main(argv=None):
             print(exc.render(), flush=True)
             log("cluster failed")
             code = 1
-            if '"retain": true' not in settings:
-                stop["now"] = True
+            stop["now"] = not settings.retain     # --retain keeps it up for inspection
     else:
         log("ready")
     while not stop["now"]:

@@ -258,11 +258,6 @@ def generate_sample(cfg, layout):
 
 # ---------------------------------------------------------------- release
 
-def _download(url, sha256, dest):
-    """Stream ``url`` to ``dest``, verifying ``sha256`` (dindind.download); nothing is left on failure."""
-    return download.download(url, sha256, dest, "kubernetes.server_url/test_url and *_sha256")
-
-
 def fetch(url, sha256, layout):
     """The verified cached copy of ``url``: ``layout.cache/downloads/<sha256>.tar.gz``.
 
@@ -270,12 +265,8 @@ def fetch(url, sha256, layout):
     downloaded again; a missing one is downloaded. A verified cache hit makes
     no request.
     """
-    dest = layout.cache / "downloads" / f"{sha256}.tar.gz"
-    if dest.is_file():
-        if fsutil.sha256_file(dest) == sha256:
-            return dest
-        dest.unlink()
-    return _download(url, sha256, dest)
+    return download.cached(url, sha256, layout.cache / "downloads" / f"{sha256}.tar.gz",
+                           "kubernetes.server_url/test_url and *_sha256")
 
 
 def _release_stamp(k):

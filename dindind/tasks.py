@@ -57,7 +57,8 @@ class Reporter(ConsoleReporter):
 
 # ------------------------------------------------------------------ actions
 
-def _load(config_path, root):
+def load_inputs(config_path, root):
+    """The validated config and the artifact layout an action works on."""
     return config_mod.load(config_path), layout_mod.Layout(Path(root))
 
 
@@ -65,7 +66,7 @@ def _load(config_path, root):
 def do_kubernetes(config_path, root):
     from . import sources
 
-    cfg, lay = _load(config_path, root)
+    cfg, lay = load_inputs(config_path, root)
     sources.prepare(cfg, lay)
 
 
@@ -73,7 +74,7 @@ def do_kubernetes(config_path, root):
 def do_cni(config_path, root):
     from . import cni
 
-    cfg, lay = _load(config_path, root)
+    cfg, lay = load_inputs(config_path, root)
     cni.fetch_cni(cfg, lay)
 
 
@@ -81,7 +82,7 @@ def do_cni(config_path, root):
 def do_deb(config_path, root, name):
     from . import debs
 
-    cfg, lay = _load(config_path, root)
+    cfg, lay = load_inputs(config_path, root)
     spec = debs.specs(cfg, lay)[name]
     debs.build_deb(spec, lay.deb(name), cfg.source_date_epoch)
 
@@ -90,7 +91,7 @@ def do_deb(config_path, root, name):
 def do_render(config_path, root, which):
     from . import debs, images
 
-    cfg, lay = _load(config_path, root)
+    cfg, lay = load_inputs(config_path, root)
     if which == "node":
         images.render_node(cfg, lay, list(debs.specs(cfg, lay)))
     else:
@@ -101,7 +102,7 @@ def do_render(config_path, root, which):
 def do_image(config_path, root, which):
     from . import debs, images, sources
 
-    cfg, lay = _load(config_path, root)
+    cfg, lay = load_inputs(config_path, root)
     if which == "base":
         images.build_base(cfg, lay)
     elif which == "node":
@@ -246,7 +247,7 @@ RELEASE_PARAMS = [
 def do_release(config_path, root, version, registry, out_dir):
     from . import release
 
-    cfg, lay = _load(config_path, root)
+    cfg, lay = load_inputs(config_path, root)
     dest = release.make(cfg, lay, version=version or None, registry=registry or None, out_dir=out_dir or None)
     release.verify(dest)
 
@@ -256,7 +257,7 @@ def do_release_verify(config_path, root, release_dir="", version=""):
     from . import release
 
     if not release_dir:
-        cfg, lay = _load(config_path, root)
+        cfg, lay = load_inputs(config_path, root)
         release_dir = release.resolve_dir(cfg, lay, version or None)[1]
     release.verify(release_dir)
 

@@ -5,18 +5,12 @@ so ``doit list`` shows every verb with its help line, and there is no
 ``cluster`` group that would run up and down in one go).
 """
 
-from pathlib import Path
 
-from .. import config as config_mod
-from ..layout import Layout
+from ..tasks import load_inputs as _ctx
 from ..tasks import action
 
 NAME = {"name": "name", "long": "name", "type": str, "default": "",
         "help": "cluster name (default: cluster.name from the config, 'dindind')"}
-
-
-def _ctx(config_path, root):
-    return config_mod.load(config_path), Layout(Path(root))
 
 
 @action

@@ -78,7 +78,7 @@ def test_node_image_has_the_debs_installed_and_the_images_preloaded(built):
     assert len(blocks) == len(DEBS)
     for block in blocks:
         assert "Status: install ok installed" in block, block
-    assert f"Package: kubelet\nStatus: install ok installed" in status
+    assert "Package: kubelet\nStatus: install ok installed" in status
     assert "Version: 1.31.2+sample-1" in status
     assert "Depends: " in status and "conntrack" in status  # upstream's kubelet dependencies came along
     preloaded = set(run_in(node, "cat /var/lib/dindind/preloaded.txt").split())

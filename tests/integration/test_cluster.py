@@ -7,7 +7,6 @@ network with the cluster label afterwards, and no new dangling volume.
 """
 
 import json
-import os
 import socket
 import stat
 import subprocess

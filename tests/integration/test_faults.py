@@ -299,7 +299,7 @@ def test_docker_build_failure_shows_the_failing_step_and_the_log_tail(prepared, 
     assert "node.build.log" in r.stderr
     assert "build:cluster" not in executed(r.stdout)
     node_stamp = proj / "artifacts" / "images" / "node.json"
-    assert not node_stamp.exists() or f"fail-node" not in node_stamp.read_text()
+    assert not node_stamp.exists() or "fail-node" not in node_stamp.read_text()
     assert not image_exists(f"dindind-inc/fail-node:{TAG}")
     leftover = subprocess.run(["docker", "ps", "-aq", "--filter", "ancestor=dindind-inc/fail-node"],
                               text=True, stdout=subprocess.PIPE).stdout.split()

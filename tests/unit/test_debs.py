@@ -28,7 +28,6 @@ VERSION = "v1.31.2"
 EPOCH = 1700000000
 KUBELET_DEPENDS = "iptables, iproute2, socat, util-linux, mount, ebtables, ethtool, conntrack, kubernetes-cni"
 
-pytestmark = pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="dpkg-deb is not installed")
 
 
 def _project(base, *, crictl=False, version=VERSION):

@@ -8,7 +8,6 @@ kubelet.service and 10-kubeadm.conf do, so kubeadm init and join run whole.
 import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -26,7 +25,6 @@ VERSION = "v1.31.2+sample"
 EPOCH = 1700000000
 TOKEN = "abcdef.0123456789abcdef"
 
-pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl CLI")
 
 FAKE_SYSTEMCTL = """\
 # systemctl for the tests: "restart kubelet" (re)starts the stand-in in the background

@@ -1,5 +1,6 @@
 """Write each node's kubeadm configuration to /etc/dindind/kubeadm.conf."""
 
+from ...errors import DindindError
 from .. import kubeadm
 
 TITLE = "Writing configuration"
@@ -11,3 +12,17 @@ def execute(ctx):
     for node in ctx.plan.nodes:
         text = kubeadm.render_config(ctx.plan, node, ctx.node_ips[node.name], cp_ip)
         ctx.engine.put_file(node.name, PATH, text, mode=0o600)
+
+
+def run_kubeadm(ctx, node, verb):
+    """``kubeadm <verb>`` with the node's rendered config (preflight skipped, as kind does).
+
+    A failure is one error naming the node, with the output's tail and the
+    command to run by hand.
+    """
+    argv = ["kubeadm", verb, f"--config={PATH}", "--skip-phases=preflight", "--v=6"]
+    code, out = ctx.node_exec(node, argv, check=False)
+    if code != 0:
+        raise DindindError(f"failed to {verb} node {node.name} with kubeadm (exit {code})",
+                           detail="\n".join(out.splitlines()[-30:]),
+                           hint=f"docker exec {node.name} {' '.join(argv)}")

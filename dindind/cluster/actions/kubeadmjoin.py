@@ -2,19 +2,9 @@
 
 import concurrent.futures
 
-from ...errors import DindindError
-from .config import PATH
+from .config import run_kubeadm
 
 TITLE = "Joining worker nodes"
-
-
-def _join(ctx, node):
-    code, out = ctx.node_exec(node, ["kubeadm", "join", f"--config={PATH}", "--skip-phases=preflight", "--v=6"],
-                              check=False)
-    if code != 0:
-        raise DindindError(f"failed to join node {node.name} with kubeadm (exit {code})",
-                           detail="\n".join(out.splitlines()[-30:]),
-                           hint=f"docker exec {node.name} kubeadm join --config={PATH} --skip-phases=preflight")
 
 
 def execute(ctx):
@@ -22,5 +12,5 @@ def execute(ctx):
     if not workers:
         return
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(workers)) as pool:
-        for f in [pool.submit(_join, ctx, n) for n in workers]:
+        for f in [pool.submit(run_kubeadm, ctx, n, "join") for n in workers]:
             f.result()
