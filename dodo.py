@@ -16,19 +16,13 @@ from doit import get_var, task_params
 from dindind import tasks
 from dindind.config import ROOT
 from dindind.errors import DindindError
-from dindind.layout import Layout
 
 CONFIG = get_var("config", None) or os.environ.get("DINDIND_CONFIG")
 DOIT_CONFIG = {"reporter": tasks.Reporter, "default_tasks": ["build"]}
 
+# The build lock is taken by tasks.Reporter, before the first task runs, and
+# only when the run includes a task that writes build artifacts.
 try:
-    from dindind import lock
-
-    lock.hold(Layout(ROOT).lock)
-    # holding the lock, anything half-written is from an interrupted run: remove it
-    from dindind.fsutil import remove_stale
-
-    remove_stale(Layout(ROOT).artifacts)
     _BUILD = list(tasks.build_tasks(CONFIG, ROOT))
     from dindind.cluster import tasks as cluster_tasks
 

@@ -17,9 +17,6 @@ from . import config as config_mod
 from . import layout as layout_mod
 from .errors import DindindError
 
-IMAGE_STAMPS = ("base", "node", "cluster")
-
-
 def action(func):
     """Run a dindind step as a doit action: a DindindError becomes one clear failure."""
 
@@ -34,10 +31,58 @@ def action(func):
     return wrapper
 
 
+BUILD_LOCK = {"build_lock": True}   # task ``meta``: this task writes build artifacts
+
+
+def needs_build_lock(tasks, selected):
+    """Whether running ``selected`` (task names) runs a task that writes build artifacts.
+
+    Follows ``task_dep`` and ``setup`` from the selected tasks; a task says it
+    writes build artifacts with ``meta=BUILD_LOCK``. Read-only tasks
+    (``cluster:status``, ``release:verify`` ...) never wait behind a build.
+    """
+    seen, todo = set(), list(selected)
+    while todo:
+        name = todo.pop()
+        task = tasks.get(name)
+        if task is None or name in seen:
+            continue
+        seen.add(name)
+        if (task.meta or {}).get("build_lock"):
+            return True
+        todo += list(task.task_dep) + list(task.setup_tasks)
+    return False
+
+
+def take_build_lock(root):
+    """Hold the checkout's build lock for this process; then remove what interrupted runs left."""
+    from . import fsutil, lock
+
+    lay = layout_mod.Layout(Path(root))
+    lock.hold(lay.lock)
+    # holding the lock, anything half-written is from an interrupted run: remove it
+    fsutil.remove_stale(lay.artifacts)
+
+
 class Reporter(ConsoleReporter):
-    """doit's console reporter, printing a DindindError as ``ERROR: ...`` with no traceback."""
+    """doit's console reporter, printing a DindindError as ``ERROR: ...`` with no traceback.
+
+    It also takes the build lock (dindind.lock) before the first task runs,
+    but only when the run includes a task that writes build artifacts: doit
+    calls ``initialize`` with the selected tasks before it checks or runs any
+    of them, so the dependency database is read under the lock.
+    """
 
     desc = "dindind console output"
+
+    def initialize(self, tasks, selected_tasks):
+        super().initialize(tasks, selected_tasks)
+        if needs_build_lock(tasks, selected_tasks):
+            try:
+                take_build_lock(config_mod.ROOT)
+            except OSError as exc:
+                sys.stderr.write(f"ERROR: cannot take the build lock: {exc}\n")
+                sys.exit(2)
 
     def _write_failure(self, result, write_exception=True):
         exc = result["exception"]
@@ -129,7 +174,12 @@ def _stamp_check(stamp):
 
 
 def build_tasks(config_path, root):
-    """Yield the subtasks of ``build``: one per artifact family."""
+    """Yield the subtasks of ``build``: one per artifact family (each takes the build lock)."""
+    for task in _build_tasks(config_path, root):
+        yield {**task, "meta": BUILD_LOCK}
+
+
+def _build_tasks(config_path, root):
     from . import debs, images, render, sources
 
     cfg = config_mod.load(config_path)
@@ -285,6 +335,7 @@ def release_task(config_path, root, version="", push="", out_dir=""):
     return {
         "actions": [(do_release, args + (version, push, out_dir))],
         "task_dep": ["build"],
+        "meta": BUILD_LOCK,
         "uptodate": [False],
         "verbosity": 2,
     }
