@@ -191,16 +191,18 @@ class _Extraction:
                         os.mkdir(part, 0o755, dir_fd=fd)
                 try:
                     nxt = os.open(part, _O_DIR, dir_fd=fd)
-                except (NotADirectoryError, FileNotFoundError):
-                    self.refuse(name, f"lies under {'/'.join(parts[:i + 1])!r}, which is not a directory")
                 except OSError as exc:
-                    if exc.errno != errno.ELOOP:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
                         raise
-                    self.refuse(name, f"lies under {'/'.join(parts[:i + 1])!r}, which is a link (never followed)")
+                    nxt = None
+                if nxt is None or not stat.S_ISDIR(os.fstat(nxt).st_mode):
+                    link = _is_link(part, fd)
+                    if nxt is not None:
+                        os.close(nxt)
+                    what = "a link (never followed)" if link else "not a directory"
+                    self.refuse(name, f"lies under {'/'.join(parts[:i + 1])!r}, which is {what}")
                 os.close(fd)
                 fd = nxt
-                if not stat.S_ISDIR(os.fstat(fd).st_mode):
-                    self.refuse(name, f"lies under {'/'.join(parts[:i + 1])!r}, which is not a directory")
             return fd
         except BaseException:
             os.close(fd)
@@ -366,6 +368,13 @@ class _Extraction:
                 _set_mtime(fd, mtime)
             finally:
                 os.close(fd)
+
+
+def _is_link(leaf, dir_fd):
+    try:
+        return stat.S_ISLNK(os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _set_mtime(fd, mtime):
