@@ -271,8 +271,7 @@ def test_cve_2025_4517_shape_is_refused_at_its_first_link_by_default(box, tmp_pa
     archive = _tar(tmp_path / "evil.tar", _cve_2025_4517(box.outside))
     with pytest.raises(InputError) as info:
         fsutil.safe_extract(archive, box.dest)
-    assert f"entry {'d' * 247 + '/b'!r} is a symbolic link" in info.value.message or \
-        "entry 'a' is a symbolic link" in info.value.message
+    assert f"archive {archive}: entry 'a' is a symbolic link; this archive may hold only files" in info.value.message
     assert box.unchanged()
 
 
