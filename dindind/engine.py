@@ -558,25 +558,33 @@ def put_archive_file(container, directory, name, fileobj, size, mode=0o644):
 
 
 def get_dir(container, path, dest):
-    """Copy a directory out of a container into ``dest`` (contents only)."""
+    """Copy a directory out of a container into ``dest`` (contents only).
+
+    The engine's archive is untrusted like any other: it goes through
+    fsutil.extract_tar; only its files and directories are copied (links and
+    other entries are skipped), never anything outside ``dest``.
+    """
     import tarfile
+    import tempfile
 
     stream, _ = _call(f"copy {path} out of {container}", client().get_archive, container, path)
-    tmp = Path(dest) / ".get_dir.tar"
-    with open(tmp, "wb") as f:
+    base = Path(path).name
+
+    def strip(name):
+        parts = name.split("/")
+        return "/".join(parts[1:]) if len(parts) > 1 and parts[0] == base else None
+
+    with tempfile.TemporaryFile(dir=Path(dest).parent) as f:
         for chunk in stream:
             f.write(chunk)
-    try:
-        with tarfile.open(tmp) as tf:
-            base = Path(path).name
-            for m in tf.getmembers():
-                parts = Path(m.name).parts
-                if not parts or parts[0] != base or len(parts) == 1:
-                    continue
-                m.name = str(Path(*parts[1:]))
-                tf.extract(m, dest, filter="data")
-    finally:
-        tmp.unlink(missing_ok=True)
+        f.seek(0)
+        label = f"copy of {path} from {container}"
+        try:
+            tf = tarfile.open(fileobj=f)
+        except (tarfile.TarError, EOFError) as exc:
+            raise EngineError(f"cannot read the {label}: {exc}") from None
+        with tf:
+            fsutil.extract_tar(tf, dest, label, rename=strip, members=(m for m in tf if m.isfile() or m.isdir()))
 
 
 # ------------------------------------------------------------------ releases: export, push, registry

@@ -19,7 +19,7 @@ import tarfile
 import time
 
 from .. import engine, fsutil
-from ..errors import DindindError
+from ..errors import DindindError, InputError
 from . import api, create, plan as plan_mod
 from .actions import waitready
 from .status import Status
@@ -327,12 +327,15 @@ def logs(cfg, layout, name=None, out=print):
             # the binary journal is exported as text above
             _, text = sh.run(node, ["sh", "-c", "tar -C /var/log --exclude=./journal -czf - . 2>/dev/null | base64 -w0"],
                              check=False)
+            # files and directories only (the containers/*.log links are skipped), nothing outside var-log
             try:
-                with tarfile.open(fileobj=io.BytesIO(base64.b64decode(text.strip() or b""))) as tf:
-                    tf.extractall(ndir / "var-log", members=[m for m in tf if m.isfile() or m.isdir()],
-                                  filter="data")
-            except (tarfile.TarError, ValueError, OSError) as exc:
-                fsutil.write_text(ndir / "var-log.error", f"cannot unpack /var/log of {node}: {exc}\n")
+                with tarfile.open(fileobj=io.BytesIO(base64.b64decode(text.strip() or b""))) as tf, \
+                        fsutil.atomic_dir(ndir / "var-log") as vtmp:
+                    fsutil.extract_tar(tf, vtmp, f"/var/log archive of {node}",
+                                       members=(m for m in tf if m.isfile() or m.isdir()))
+            except (tarfile.TarError, EOFError, ValueError, OSError, InputError) as exc:
+                msg = exc.message if isinstance(exc, InputError) else exc
+                fsutil.write_text(ndir / "var-log.error", f"cannot unpack /var/log of {node}: {msg}\n")
     out(f"logs of {name} in {dest}")
     return dest
 
