@@ -258,15 +258,15 @@ def generate_sample(cfg, layout):
 
 # ---------------------------------------------------------------- release
 
-def fetch(url, sha256, layout):
+def fetch(url, sha256, layout, limits=None):
     """The verified cached copy of ``url``: ``layout.cache/downloads/<sha256>.tar.gz``.
 
     Side effects: a cached file whose digest no longer matches is deleted and
-    downloaded again; a missing one is downloaded. A verified cache hit makes
-    no request.
+    downloaded again; a missing one is downloaded (bounded by ``limits``, a
+    :class:`dindind.download.Limits`). A verified cache hit makes no request.
     """
     return download.cached(url, sha256, layout.cache / "downloads" / f"{sha256}.tar.gz",
-                           "kubernetes.server_url/test_url and *_sha256")
+                           "kubernetes.server_url/test_url and *_sha256", limits)
 
 
 def _release_stamp(k):
@@ -293,8 +293,9 @@ def fetch_release(cfg, layout):
     root = layout.release_root(k["server_sha256"])
     stamp = _release_stamp(k)
     if not _extracted(root, stamp):
-        server = fetch(k["server_url"], k["server_sha256"], layout)
-        test = fetch(k["test_url"], k["test_sha256"], layout)
+        limits = download.limits(cfg)
+        server = fetch(k["server_url"], k["server_sha256"], layout, limits)
+        test = fetch(k["test_url"], k["test_sha256"], layout, limits)
         fsutil.safe_extract([server, test], root, what="release tarball")
         # written last: its presence means the extraction above completed
         fsutil.write_json(root / RELEASE_STAMP, stamp)

@@ -28,6 +28,7 @@ class FakeConfig:
     base_dir: Path
     kubernetes: dict = field(default_factory=dict)
     source_date_epoch: int = EPOCH
+    build: dict = field(default_factory=lambda: {"download_timeout": 1800, "download_stall_timeout": 60})
 
     def resolve(self, rel):
         return (self.base_dir / rel).resolve()
