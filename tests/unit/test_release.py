@@ -374,6 +374,71 @@ def test_verify_of_a_missing_dir(tmp_path):
         release.verify(tmp_path / "nope")
 
 
+@pytest.fixture
+def no_walking(monkeypatch):
+    """Any walk of a directory fails the test."""
+    def walk(*args, **kw):
+        raise AssertionError("the directory was walked")
+
+    monkeypatch.setattr(Path, "rglob", walk)
+    monkeypatch.setattr(Path, "iterdir", walk)
+    monkeypatch.setattr(os, "scandir", walk)
+    monkeypatch.setattr(os, "walk", walk)
+
+
+def _junk(root, n):
+    for i in range(n):
+        (root / f"d{i % 10}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 10}" / f"f{i}").write_text("x")
+
+
+@pytest.mark.parametrize("manifest", [
+    None, b"", b"{not json", b"[]", b'{"format": "something/1"}', b'{"name": "a web app manifest"}',
+    "directory", "symlink",
+], ids=["missing", "empty", "not-json", "list", "other-format", "no-format", "directory", "symlink"])
+def test_verify_refuses_a_directory_that_is_not_a_release_before_walking_it(tmp_path, manifest, no_walking):
+    dest = tmp_path / "usr"
+    _junk(dest, 300)
+    if manifest == "directory":
+        (dest / "manifest.json").mkdir()
+    elif manifest == "symlink":
+        (tmp_path / "real.json").write_text(json.dumps({"format": release.FORMAT}))
+        (dest / "manifest.json").symlink_to(tmp_path / "real.json")
+    elif manifest is not None:
+        (dest / "manifest.json").write_bytes(manifest)
+    with pytest.raises(DindindError) as err:
+        release.verify(dest, echo=lambda *a: None)
+    assert err.value.message.startswith(f"{dest} is not a release directory: ")
+    assert "manifest.json" in err.value.message and err.value.hint
+    assert err.value.detail is None and len(err.value.render().splitlines()) == 2
+
+
+def test_verify_of_a_big_fake_release_lists_at_most_20_problems(tmp_path):
+    dest = tmp_path / "fake"
+    _junk(dest, 500)
+    (dest / "manifest.json").write_text(json.dumps({"format": release.FORMAT, "artifacts": {}}))
+    with pytest.raises(DindindError) as err:
+        release.verify(dest, echo=lambda *a: None)
+    lines = err.value.detail.splitlines()
+    assert len(lines) == release.MAX_SHOWN + 1
+    assert lines[-1].startswith("  ... and ") and lines[-1].endswith(" more")
+    assert int(lines[-1].split()[2]) > 500 - release.MAX_SHOWN          # at least one problem per file
+    assert len(err.value.render()) < 4000
+
+
+def test_verify_stops_walking_a_huge_tree(tmp_path, monkeypatch):
+    monkeypatch.setattr(release, "MAX_ENTRIES", 100)
+    dest = tmp_path / "fake"
+    _junk(dest, 500)
+    (dest / "manifest.json").write_text(json.dumps({"format": release.FORMAT, "artifacts": {}}))
+    hashed = []
+    monkeypatch.setattr(release.fsutil, "sha256_file", lambda p: hashed.append(p) or "0" * 64)
+    with pytest.raises(DindindError) as err:
+        release.verify(dest, echo=lambda *a: None)
+    assert "more than 100 files and folders" in err.value.render()
+    assert hashed == []
+
+
 def test_rerun_reuses_archives_and_keeps_push_records(rel, tmp_path):
     dest = tmp_path / "v1_test"
     rel.write(dest)
@@ -528,6 +593,16 @@ def test_doit_release_verify_takes_a_dir_and_names_the_bad_file(rel, project, tm
     assert bad.returncode != 0
     assert "ERROR: release" in bad.stderr and "images/node.tar.gz" in bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_doit_release_verify_of_a_directory_that_is_not_a_release(project, tmp_path):
+    junk = tmp_path / "usr"
+    _junk(junk, 2000)
+    proc = run_doit(project, "release:verify", "--dir", str(junk))
+    assert proc.returncode != 0
+    assert f"ERROR: {junk} is not a release directory: it has no manifest.json" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert len(proc.stdout + proc.stderr) < 2000
 
 
 def test_doit_release_rejects_a_bad_version_before_building(project):
