@@ -87,7 +87,7 @@ def test_push_ref():
 def test_default_version_outside_git_is_nogit(tmp_path):
     assert release.default_version("v1.31.2+sample", tmp_path) == "v1.31.2_sample-nogit"
     assert release.git_commit(tmp_path) == "unknown"
-    assert release.source_url(tmp_path) == "unknown"
+    assert release.source_url(tmp_path) is None
 
 
 def test_default_version_in_a_git_checkout(tmp_path):
@@ -108,9 +108,63 @@ def test_oci_labels(tmp_path):
     assert labels == {
         "org.opencontainers.image.version": "v1.31.2+sample",
         "org.opencontainers.image.revision": "unknown",
-        "org.opencontainers.image.source": "unknown",
         "org.opencontainers.image.created": "2023-11-14T22:13:20Z",
     }
+
+
+@pytest.mark.parametrize("remote,url", [
+    # the forms git accepts for a hosted repository: the web URL
+    ("https://github.com/org/repo", "https://github.com/org/repo"),
+    ("https://github.com/org/repo.git", "https://github.com/org/repo"),
+    ("https://github.com/org/repo/", "https://github.com/org/repo"),
+    ("git@github.com:org/repo.git", "https://github.com/org/repo"),
+    ("github.com:org/repo", "https://github.com/org/repo"),
+    ("git@gitlab.example.com:group/sub/repo.git", "https://gitlab.example.com/group/sub/repo"),
+    ("ssh://git@github.com/org/repo.git", "https://github.com/org/repo"),
+    ("ssh://git@git.example.com:2222/org/repo.git", "https://git.example.com/org/repo"),
+    ("git+ssh://git@github.com/org/repo", "https://github.com/org/repo"),
+    ("git://git.kernel.org/pub/scm/git/git.git", "https://git.kernel.org/pub/scm/git/git"),
+    ("https://GitHub.com/org/repo", "https://github.com/org/repo"),
+    ("https://git.example.com:8443/org/repo.git", "https://git.example.com:8443/org/repo"),
+    ("http://git.example.com/org/repo", "http://git.example.com/org/repo"),
+    # credentials, queries and fragments never reach the label
+    ("https://user:ghp_t0ken@github.com/org/repo.git", "https://github.com/org/repo"),
+    ("https://x-access-token:abc@github.com/org/repo", "https://github.com/org/repo"),
+    ("https://oauth2@gitlab.com/org/repo", "https://gitlab.com/org/repo"),
+    ("https://github.com/org/repo.git?token=abc#frag", "https://github.com/org/repo"),
+    # no public URL: the label is left out
+    (None, None),
+    ("", None),
+    ("/work/main", None),
+    ("../dindind", None),
+    ("./repo:with-colon", None),
+    ("file:///work/main", None),
+    ("file://localhost/work/main", None),
+    ("C:/src/repo", None),
+    ("myalias:org/repo", None),                 # an ssh alias from ~/.ssh/config: no public host
+    ("https://localhost/org/repo", None),
+    ("https://github.com", None),
+    ("https://github.com/org/../../etc", None),
+    ("ext::ssh -p 22 host.example.com %S repo", None),
+    ("https://github.com/org/repo\nInjected: x", None),
+    ("https://github.com/org/re po", None),
+    ("ftp://ftp.example.com/repo.git", None),
+])
+def test_public_url(remote, url):
+    assert release.public_url(remote) == url
+
+
+@pytest.mark.parametrize("remote,label", [
+    ("git@github.com:org/dindind.git", "https://github.com/org/dindind"),
+    ("https://me:s3cret@github.com/org/dindind.git", "https://github.com/org/dindind"),
+    ("/work/main", None),
+])
+def test_oci_source_label_of_a_clone(tmp_path, remote, label):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "remote", "add", "origin", remote], check=True)
+    labels = release.oci_labels("v1.31.2", tmp_path, EPOCH)
+    assert labels.get("org.opencontainers.image.source") == label
+    assert "s3cret" not in json.dumps(labels) and "/work/main" not in json.dumps(labels)
 
 
 # ------------------------------------------------------------------ gzip
