@@ -152,13 +152,17 @@ def _fetch(url, tmp, h, lim, deadline):
             try:
                 out.write(block)
             except OSError as exc:
-                raise InputError(f"cannot write {tmp}: {exc.strerror or exc}",
-                                 hint="free some space in the cache folder") from None
+                raise _cannot_write(tmp, exc) from None
             if lim.clock() >= deadline:
                 raise _Failed(f"not finished within {lim.deadline:g} s ({got} bytes received)", False, slow=True)
     if expected is not None and got < expected:
         raise _Failed(f"the body was cut short after {got} of {expected} bytes (truncated)", True)
     return got
+
+
+def _cannot_write(path, exc):
+    return InputError(f"cannot write {path}: {exc.strerror or exc}",
+                      hint="check that the cache folder is writable and has room")
 
 
 def download(url, sha256, dest, key, limits=None):
@@ -197,6 +201,8 @@ def download(url, sha256, dest, key, limits=None):
                 raise InputError(f"cannot download {name}: {exc.what}{tries}",
                                  hint=f"check {key} and the network (or use a file:// URL){slow}") from None
             lim.sleep(delay)
+        except OSError as exc:          # the network's errors are _Failed: this is the cache folder
+            raise _cannot_write(dest, exc) from None
 
 
 def cached(url, sha256, dest, key, limits=None):

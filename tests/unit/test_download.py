@@ -358,6 +358,14 @@ def test_the_deadline_covers_the_retries(tmp_path, serve):
     assert 1 <= srv.connections < 10
 
 
+def test_an_unwritable_cache_is_one_error(tmp_path, serve):
+    srv = serve(ok)
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    with pytest.raises(InputError) as info:
+        download.cached(srv.url(), SHA, tmp_path / "cache" / "downloads" / "x", KEY, limits(Sleeps()))
+    assert "cannot write" in info.value.message and str(tmp_path / "cache") in info.value.message
+
+
 def test_credentials_in_the_url_are_refused_and_not_echoed(tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(InputError) as info:
