@@ -87,7 +87,7 @@ def fetch_cni(cfg, layout):
         if c["source"] == "debian":
             plugin_dir, version = _from_debian(c["package"], layout, work)
         elif c["source"] == "tgz":
-            plugin_dir, version = _from_tgz(c["url"], c["sha256"], layout, work)
+            plugin_dir, version = _from_tgz(c["url"], c["sha256"], layout, work, download.limits(cfg))
         else:
             raise ValueError(f"unknown cni.source {c['source']!r}")
         check_version(version, f"the CNI plugins' version ({c['source']})")
@@ -226,17 +226,18 @@ def _from_debian(package, layout, work):
 
 # ---------------------------------------------------------------- tgz
 
-def fetch_tgz(url, sha256, layout):
+def fetch_tgz(url, sha256, layout, limits=None):
     """The verified cached copy of ``url``: ``layout.cache/downloads/<sha256>.tgz``.
 
     A cached file whose digest no longer matches is deleted and fetched again;
     a verified cache hit makes no request.
     """
-    return download.cached(url, sha256, layout.cache / "downloads" / f"{sha256}.tgz", "cni.url / cni.sha256")
+    return download.cached(url, sha256, layout.cache / "downloads" / f"{sha256}.tgz", "cni.url / cni.sha256",
+                           limits)
 
 
-def _from_tgz(url, sha256, layout, work):
-    archive = fetch_tgz(url, sha256, layout)
+def _from_tgz(url, sha256, layout, work, limits=None):
+    archive = fetch_tgz(url, sha256, layout, limits)
     root = work / "tgz"
     fsutil.safe_extract(archive, root, what="CNI plugins tarball")
     # the release tgz holds the plugins at its top; accept one wrapping folder too

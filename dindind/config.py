@@ -174,6 +174,12 @@ SPEC = {
         "source_date_epoch": Field("integer", 1700000000, minimum=0,
                                    doc="timestamp for reproducible debs and layers "
                                        "(the environment's SOURCE_DATE_EPOCH wins)"),
+        "download_timeout": Field("integer", 1800, minimum=1, maximum=86400,
+                                  doc="seconds one download (release tarball, CNI tgz) may take in all, "
+                                      "retries included"),
+        "download_stall_timeout": Field("integer", 60, minimum=1, maximum=3600,
+                                        doc="seconds without a byte before a download counts as stalled "
+                                            "(it is then tried again, at most 3 attempts)"),
     },
 }
 

@@ -37,10 +37,12 @@ import concurrent.futures
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
 import shutil
+import stat
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -60,6 +62,8 @@ GZIP_LEVEL = 1
 GZIP_BLOCK = 16 << 20
 CHUNK = 1 << 20
 MAX_JSON = 16 << 20
+MAX_SHOWN = 20                     # verification problems listed; the rest are counted
+MAX_ENTRIES = 10000                # files and folders verify looks at; a release holds a few
 SCAN_RULES = 1                     # bump when the scanner's rules change: archives are scanned again
 REGISTRY_RE = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -139,12 +143,41 @@ def git_describe(root):
     return out + ("-dirty" if git_dirty(root) else "")
 
 
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST = rf"(?:{_DNS_LABEL}(?:\.{_DNS_LABEL})*|\[[0-9A-Fa-f:.]+\])"     # a DNS name, an IPv4 or a [IPv6] address
+_REPO_PATH = r"[A-Za-z0-9._~%+-]+(?:/[A-Za-z0-9._~%+-]+)*"
+
+
+def public_url(remote):
+    """The web URL of a git remote, or None when it has none (a local path, file://, anything odd).
+
+    ``git@host:org/repo.git``, ``ssh://git@host:22/org/repo.git`` and
+    ``git://host/org/repo`` become ``https://host/org/repo``; an http(s) URL
+    keeps its scheme and port but loses its credentials, query and
+    fragment. A trailing ``.git`` or ``/`` is dropped. Pure.
+    """
+    if not isinstance(remote, str) or not remote.isprintable() or " " in remote:
+        return None
+    m = re.fullmatch(r"(?P<scheme>https?)://(?:[^/@?#]*@)?(?P<host>" + _HOST + r")(?P<port>:[0-9]{1,5})?"
+                     r"(?:/(?P<path>[^?#]*))?(?:[?#].*)?", remote) \
+        or re.fullmatch(r"(?P<scheme>ssh|git|git\+ssh|ssh\+git)://(?:[^/@?#]*@)?(?P<host>" + _HOST + r")"
+                        r"(?::[0-9]{1,5})?/(?P<path>[^?#]*)", remote) \
+        or re.fullmatch(r"(?:[A-Za-z0-9._-]+@)?(?P<host>" + _HOST + r"):(?!//)/?(?P<path>[^?#]*)", remote)
+    if not m or "." not in m["host"] and not m["host"].startswith("["):
+        return None                     # no remote, a path, file://, a helper (ext::), a bare name
+    path = (m["path"] or "").strip("/")
+    path = path[:-4] if path.endswith(".git") else path
+    if not re.fullmatch(_REPO_PATH, path) or ".." in path.split("/"):
+        return None
+    scheme = m.groupdict().get("scheme")
+    prefix = f"{scheme}://" if scheme in ("http", "https") else "https://"
+    port = m.groupdict().get("port") if scheme in ("http", "https") else None
+    return f"{prefix}{m['host'].lower()}{port or ''}/{path}"
+
+
 def source_url(root):
-    """Where the project's source lives (remote.origin.url, credentials removed), or "unknown"."""
-    url = _git(root, "config", "--get", "remote.origin.url")
-    if not url or "\n" in url:
-        return "unknown"
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", url)
+    """The web URL of the project's repository (:func:`public_url` of remote.origin.url), or None."""
+    return public_url(_git(root, "config", "--get", "remote.origin.url"))
 
 
 def default_version(kubernetes_version, root):
@@ -156,15 +189,19 @@ def oci_labels(version, root, epoch):
     """The org.opencontainers.image.* labels of the node and cluster images.
 
     version: the Kubernetes version the image carries; revision: the
-    project's git commit ("unknown" outside git); created: SOURCE_DATE_EPOCH
-    as RFC 3339, so the label does not change from build to build.
+    project's git commit ("unknown" outside git); source: the repository's
+    public URL, left out when origin is missing or a local path (a path on
+    the build machine says nothing to whoever pulls the image); created:
+    SOURCE_DATE_EPOCH as RFC 3339, so the label does not change from build
+    to build.
     """
-    return {
+    labels = {
         "org.opencontainers.image.version": version,
         "org.opencontainers.image.revision": git_commit(root),
         "org.opencontainers.image.source": source_url(root),
         "org.opencontainers.image.created": rfc3339(epoch),
     }
+    return {k: v for k, v in labels.items() if v is not None}
 
 
 # ================================================================== gzip on every core
@@ -981,8 +1018,11 @@ class _Problems(list):
     def error(self, dest):
         files = self.files()
         shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        lines = [f"  - {' / '.join(f)}: {text}" for f, text in self[:MAX_SHOWN]]
+        if len(self) > MAX_SHOWN:
+            lines.append(f"  ... and {len(self) - MAX_SHOWN} more")
         return DindindError(f"release {dest} failed verification: {shown}",
-                            detail="\n".join(f"  - {' / '.join(f)}: {text}" for f, text in self),
+                            detail="\n".join(lines),
                             hint="do not use this release; write it again with `doit release` "
                                  "(or fetch it again)")
 
@@ -1012,7 +1052,12 @@ def _parse_sums(path, problems):
 
 def _present(dest, problems):
     files = set()
-    for p in sorted(dest.rglob("*")):
+    entries = list(itertools.islice(dest.rglob("*"), MAX_ENTRIES + 1))
+    if len(entries) > MAX_ENTRIES:
+        problems.add(".", f"holds more than {MAX_ENTRIES} files and folders; a release holds a few "
+                          "(not a release directory?)")
+        return files
+    for p in sorted(entries):
         rel = p.relative_to(dest).as_posix()
         if p.is_symlink() or not (p.is_file() or p.is_dir()):
             problems.add(rel, "not a regular file")
@@ -1101,10 +1146,43 @@ def _check_archive(dest, img):
     return out
 
 
+def _not_a_release(dest, why):
+    return DindindError(f"{dest} is not a release directory: {why}",
+                        hint="pass a directory `doit release` wrote: doit release:verify --dir "
+                             "artifacts/release/<version> (if it is one, it is damaged: do not use it; "
+                             "write it again with `doit release`)")
+
+
+def _read_manifest(dest):
+    """The parsed manifest.json of ``dest``, read before anything else; DindindError if it is not one."""
+    path = dest / MANIFEST
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        raise _not_a_release(dest, f"it has no {MANIFEST}") from None
+    except OSError as exc:
+        raise _not_a_release(dest, f"cannot read {MANIFEST} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_a_release(dest, f"{MANIFEST} is not a regular file")
+    if st.st_size > MAX_JSON:
+        raise _not_a_release(dest, f"{MANIFEST} is implausibly large ({st.st_size} bytes)")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise _not_a_release(dest, f"cannot read {MANIFEST} ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _not_a_release(dest, f"{MANIFEST} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise _not_a_release(dest, f"{MANIFEST} is not a {FORMAT} manifest")
+    return manifest
+
+
 def verify(dest, echo=print):
     """``doit release:verify``: check a release directory; DindindError naming every bad file.
 
-    Checks, in order: SHA256SUMS lists exactly the files present and every
+    Checks, in order: manifest.json exists and is a release manifest (before
+    anything else is read: any other directory is refused at once);
+    SHA256SUMS lists exactly the files present and every
     checksum holds; manifest.json agrees with SHA256SUMS and the files
     (names, sizes, digests) and is well formed; then reads each image archive
     end to end (gzip, tar, every layer against the config's digests, the
@@ -1114,6 +1192,7 @@ def verify(dest, echo=print):
     if not dest.is_dir():
         raise DindindError(f"{dest} is not a release directory (it does not exist)",
                            hint="pass one: doit release:verify --dir artifacts/release/<version>")
+    manifest = _read_manifest(dest)
     problems = _Problems()
     sums = _parse_sums(dest / SUMS, problems)
     present = _present(dest, problems)
@@ -1124,16 +1203,9 @@ def verify(dest, echo=print):
     check = sorted(present & set(sums))
     actual = _hash_all(dest, check)
     sizes = {rel: (dest / rel).stat().st_size for rel in check}
-    manifest = None
-    if MANIFEST in present:
-        try:
-            manifest = json.loads((dest / MANIFEST).read_bytes())
-        except (ValueError, UnicodeDecodeError) as exc:
-            problems.add(MANIFEST, f"not valid JSON ({exc})")
-    art = manifest.get("artifacts") if isinstance(manifest, dict) else None
+    art = manifest.get("artifacts")
     _check_checksums(sums, actual, art if isinstance(art, dict) else {}, problems)
-    if manifest is not None:
-        _check_manifest(manifest, sums, actual, sizes, problems)
+    _check_manifest(manifest, sums, actual, sizes, problems)
     if problems:
         raise problems.error(dest)
     with concurrent.futures.ThreadPoolExecutor(len(IMAGES)) as pool:

@@ -29,6 +29,7 @@ ARCH = sample.ARCH
 REGISTRY = sample.REGISTRY
 TEST_BINARIES = sample.TEST_BINARIES
 RELEASE_STAMP = ".dindind-release.json"
+SAMPLE_DECLARATION = "dindind-sample.json"     # a stand-in tree's needs (sample only)
 _LAYOUT_HINT = ("the folder must hold kubernetes/ laid out like the official server and test "
                 "release tarballs extracted side by side (see docs: 'The Kubernetes tree')")
 
@@ -193,16 +194,55 @@ def _check_extra(path, problems):
     return Image(_image_name(tags[0]), Path(path), tags[0])
 
 
+def tree_files(paths):
+    """Every file of the tree the pipeline reads: required, then optional ones (pure)."""
+    return paths.required() + (paths.crictl, paths.kubernetes / SAMPLE_DECLARATION)
+
+
+def _unsafe(paths):
+    """Problems for every file of the tree that resolves outside ``kubernetes/`` or is not a regular file.
+
+    A symlink (of the file or of a folder on its way) may point anywhere
+    inside the tree; one that leaves it would carry a host file into the
+    packages and images. ``kubernetes/`` itself may be a link: the tree is
+    where it points. A FIFO or a device would block or never end when read.
+    Missing files are left to the checks that follow.
+    """
+    top = paths.kubernetes.resolve()
+    problems = []
+    for path in tree_files(paths):
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError) as exc:          # RuntimeError: a symlink loop
+            problems.append(f"{path}: cannot be resolved ({exc})")
+            continue
+        if not real.is_relative_to(top):
+            problems.append(f"{path}: leads outside the tree, to {real} (a symlink out of {top})")
+        elif real.exists() and not real.is_file():
+            problems.append(f"{path}: not a regular file")
+    return problems
+
+
 def read_tree(root, extra_images=()):
     """Validate the tree under ``root`` and return a :class:`Tree`.
 
-    Reads the version, the .docker_tag files and the image tarballs' manifests
-    (headers only; layers are not read). Raises one InputError listing every
-    problem found, each naming its file. No side effects.
+    First makes sure no file the pipeline reads leads outside the tree
+    (through a symlink); then reads the version, the .docker_tag files and
+    the image tarballs' manifests (headers only; layers are not read). Raises
+    one InputError listing every problem found, each naming its file. No side
+    effects.
     """
     paths = tree_paths(root)
     if not paths.kubernetes.is_dir():
         raise InputError(f"no Kubernetes tree: {paths.kubernetes} is not a folder", hint=_LAYOUT_HINT)
+    unsafe = _unsafe(paths)
+    if unsafe:
+        # nothing is read before this: not even a line of a host file may reach an error message
+        raise InputError(f"bad Kubernetes tree {paths.kubernetes}: {len(unsafe)} file(s) lead outside it "
+                         "or are not regular files",
+                         detail="\n".join(f"  - {p}" for p in unsafe),
+                         hint="replace each symlink that leaves kubernetes/ with the file itself "
+                              "(links between files inside the tree are fine)")
     problems = []
     version = _check_version(paths, problems)
     for name, path in list(paths.binaries.items()) + [("e2e.test", paths.e2e_test),
@@ -258,15 +298,15 @@ def generate_sample(cfg, layout):
 
 # ---------------------------------------------------------------- release
 
-def fetch(url, sha256, layout):
+def fetch(url, sha256, layout, limits=None):
     """The verified cached copy of ``url``: ``layout.cache/downloads/<sha256>.tar.gz``.
 
     Side effects: a cached file whose digest no longer matches is deleted and
-    downloaded again; a missing one is downloaded. A verified cache hit makes
-    no request.
+    downloaded again; a missing one is downloaded (bounded by ``limits``, a
+    :class:`dindind.download.Limits`). A verified cache hit makes no request.
     """
     return download.cached(url, sha256, layout.cache / "downloads" / f"{sha256}.tar.gz",
-                           "kubernetes.server_url/test_url and *_sha256")
+                           "kubernetes.server_url/test_url and *_sha256", limits)
 
 
 def _release_stamp(k):
@@ -293,8 +333,9 @@ def fetch_release(cfg, layout):
     root = layout.release_root(k["server_sha256"])
     stamp = _release_stamp(k)
     if not _extracted(root, stamp):
-        server = fetch(k["server_url"], k["server_sha256"], layout)
-        test = fetch(k["test_url"], k["test_sha256"], layout)
+        limits = download.limits(cfg)
+        server = fetch(k["server_url"], k["server_sha256"], layout, limits)
+        test = fetch(k["test_url"], k["test_sha256"], layout, limits)
         fsutil.safe_extract([server, test], root, what="release tarball")
         # written last: its presence means the extraction above completed
         fsutil.write_json(root / RELEASE_STAMP, stamp)
@@ -333,9 +374,6 @@ def test_binaries(cfg, layout):
     """The binaries the cluster image carries: {name: path} (pure)."""
     paths = tree_paths(tree_root(cfg, layout))
     return {"e2e.test": paths.e2e_test, "ginkgo": paths.ginkgo, "kubectl": paths.binaries["kubectl"]}
-
-
-SAMPLE_DECLARATION = "dindind-sample.json"
 
 
 def _node_packages(root):

@@ -87,7 +87,7 @@ def test_push_ref():
 def test_default_version_outside_git_is_nogit(tmp_path):
     assert release.default_version("v1.31.2+sample", tmp_path) == "v1.31.2_sample-nogit"
     assert release.git_commit(tmp_path) == "unknown"
-    assert release.source_url(tmp_path) == "unknown"
+    assert release.source_url(tmp_path) is None
 
 
 def test_default_version_in_a_git_checkout(tmp_path):
@@ -108,9 +108,63 @@ def test_oci_labels(tmp_path):
     assert labels == {
         "org.opencontainers.image.version": "v1.31.2+sample",
         "org.opencontainers.image.revision": "unknown",
-        "org.opencontainers.image.source": "unknown",
         "org.opencontainers.image.created": "2023-11-14T22:13:20Z",
     }
+
+
+@pytest.mark.parametrize("remote,url", [
+    # the forms git accepts for a hosted repository: the web URL
+    ("https://github.com/org/repo", "https://github.com/org/repo"),
+    ("https://github.com/org/repo.git", "https://github.com/org/repo"),
+    ("https://github.com/org/repo/", "https://github.com/org/repo"),
+    ("git@github.com:org/repo.git", "https://github.com/org/repo"),
+    ("github.com:org/repo", "https://github.com/org/repo"),
+    ("git@gitlab.example.com:group/sub/repo.git", "https://gitlab.example.com/group/sub/repo"),
+    ("ssh://git@github.com/org/repo.git", "https://github.com/org/repo"),
+    ("ssh://git@git.example.com:2222/org/repo.git", "https://git.example.com/org/repo"),
+    ("git+ssh://git@github.com/org/repo", "https://github.com/org/repo"),
+    ("git://git.kernel.org/pub/scm/git/git.git", "https://git.kernel.org/pub/scm/git/git"),
+    ("https://GitHub.com/org/repo", "https://github.com/org/repo"),
+    ("https://git.example.com:8443/org/repo.git", "https://git.example.com:8443/org/repo"),
+    ("http://git.example.com/org/repo", "http://git.example.com/org/repo"),
+    # credentials, queries and fragments never reach the label
+    ("https://user:ghp_t0ken@github.com/org/repo.git", "https://github.com/org/repo"),
+    ("https://x-access-token:abc@github.com/org/repo", "https://github.com/org/repo"),
+    ("https://oauth2@gitlab.com/org/repo", "https://gitlab.com/org/repo"),
+    ("https://github.com/org/repo.git?token=abc#frag", "https://github.com/org/repo"),
+    # no public URL: the label is left out
+    (None, None),
+    ("", None),
+    ("/work/main", None),
+    ("../dindind", None),
+    ("./repo:with-colon", None),
+    ("file:///work/main", None),
+    ("file://localhost/work/main", None),
+    ("C:/src/repo", None),
+    ("myalias:org/repo", None),                 # an ssh alias from ~/.ssh/config: no public host
+    ("https://localhost/org/repo", None),
+    ("https://github.com", None),
+    ("https://github.com/org/../../etc", None),
+    ("ext::ssh -p 22 host.example.com %S repo", None),
+    ("https://github.com/org/repo\nInjected: x", None),
+    ("https://github.com/org/re po", None),
+    ("ftp://ftp.example.com/repo.git", None),
+])
+def test_public_url(remote, url):
+    assert release.public_url(remote) == url
+
+
+@pytest.mark.parametrize("remote,label", [
+    ("git@github.com:org/dindind.git", "https://github.com/org/dindind"),
+    ("https://me:s3cret@github.com/org/dindind.git", "https://github.com/org/dindind"),
+    ("/work/main", None),
+])
+def test_oci_source_label_of_a_clone(tmp_path, remote, label):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "remote", "add", "origin", remote], check=True)
+    labels = release.oci_labels("v1.31.2", tmp_path, EPOCH)
+    assert labels.get("org.opencontainers.image.source") == label
+    assert "s3cret" not in json.dumps(labels) and "/work/main" not in json.dumps(labels)
 
 
 # ------------------------------------------------------------------ gzip
@@ -374,6 +428,71 @@ def test_verify_of_a_missing_dir(tmp_path):
         release.verify(tmp_path / "nope")
 
 
+@pytest.fixture
+def no_walking(monkeypatch):
+    """Any walk of a directory fails the test."""
+    def walk(*args, **kw):
+        raise AssertionError("the directory was walked")
+
+    monkeypatch.setattr(Path, "rglob", walk)
+    monkeypatch.setattr(Path, "iterdir", walk)
+    monkeypatch.setattr(os, "scandir", walk)
+    monkeypatch.setattr(os, "walk", walk)
+
+
+def _junk(root, n):
+    for i in range(n):
+        (root / f"d{i % 10}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 10}" / f"f{i}").write_text("x")
+
+
+@pytest.mark.parametrize("manifest", [
+    None, b"", b"{not json", b"[]", b'{"format": "something/1"}', b'{"name": "a web app manifest"}',
+    "directory", "symlink",
+], ids=["missing", "empty", "not-json", "list", "other-format", "no-format", "directory", "symlink"])
+def test_verify_refuses_a_directory_that_is_not_a_release_before_walking_it(tmp_path, manifest, no_walking):
+    dest = tmp_path / "usr"
+    _junk(dest, 300)
+    if manifest == "directory":
+        (dest / "manifest.json").mkdir()
+    elif manifest == "symlink":
+        (tmp_path / "real.json").write_text(json.dumps({"format": release.FORMAT}))
+        (dest / "manifest.json").symlink_to(tmp_path / "real.json")
+    elif manifest is not None:
+        (dest / "manifest.json").write_bytes(manifest)
+    with pytest.raises(DindindError) as err:
+        release.verify(dest, echo=lambda *a: None)
+    assert err.value.message.startswith(f"{dest} is not a release directory: ")
+    assert "manifest.json" in err.value.message and err.value.hint
+    assert err.value.detail is None and len(err.value.render().splitlines()) == 2
+
+
+def test_verify_of_a_big_fake_release_lists_at_most_20_problems(tmp_path):
+    dest = tmp_path / "fake"
+    _junk(dest, 500)
+    (dest / "manifest.json").write_text(json.dumps({"format": release.FORMAT, "artifacts": {}}))
+    with pytest.raises(DindindError) as err:
+        release.verify(dest, echo=lambda *a: None)
+    lines = err.value.detail.splitlines()
+    assert len(lines) == release.MAX_SHOWN + 1
+    assert lines[-1].startswith("  ... and ") and lines[-1].endswith(" more")
+    assert int(lines[-1].split()[2]) > 500 - release.MAX_SHOWN          # at least one problem per file
+    assert len(err.value.render()) < 4000
+
+
+def test_verify_stops_walking_a_huge_tree(tmp_path, monkeypatch):
+    monkeypatch.setattr(release, "MAX_ENTRIES", 100)
+    dest = tmp_path / "fake"
+    _junk(dest, 500)
+    (dest / "manifest.json").write_text(json.dumps({"format": release.FORMAT, "artifacts": {}}))
+    hashed = []
+    monkeypatch.setattr(release.fsutil, "sha256_file", lambda p: hashed.append(p) or "0" * 64)
+    with pytest.raises(DindindError) as err:
+        release.verify(dest, echo=lambda *a: None)
+    assert "more than 100 files and folders" in err.value.render()
+    assert hashed == []
+
+
 def test_rerun_reuses_archives_and_keeps_push_records(rel, tmp_path):
     dest = tmp_path / "v1_test"
     rel.write(dest)
@@ -528,6 +647,16 @@ def test_doit_release_verify_takes_a_dir_and_names_the_bad_file(rel, project, tm
     assert bad.returncode != 0
     assert "ERROR: release" in bad.stderr and "images/node.tar.gz" in bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_doit_release_verify_of_a_directory_that_is_not_a_release(project, tmp_path):
+    junk = tmp_path / "usr"
+    _junk(junk, 2000)
+    proc = run_doit(project, "release:verify", "--dir", str(junk))
+    assert proc.returncode != 0
+    assert f"ERROR: {junk} is not a release directory: it has no manifest.json" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert len(proc.stdout + proc.stderr) < 2000
 
 
 def test_doit_release_rejects_a_bad_version_before_building(project):

@@ -28,6 +28,7 @@ class FakeConfig:
     base_dir: Path
     kubernetes: dict = field(default_factory=dict)
     source_date_epoch: int = EPOCH
+    build: dict = field(default_factory=lambda: {"download_timeout": 1800, "download_stall_timeout": 60})
 
     def resolve(self, rel):
         return (self.base_dir / rel).resolve()
@@ -125,6 +126,113 @@ def test_read_tree_on_the_sample(tree):
 
 def test_no_kubernetes_folder(tmp_path):
     _error(tmp_path, str(tmp_path / "kubernetes"), "not a folder")
+
+
+# every file the pipeline reads from the tree: the version, binaries, image tarballs and their tags,
+# the test binaries, the optional crictl and the stand-in tree's declaration
+TREE_FILES = (["version", "server/bin/kubelet", "server/bin/kubeadm", "server/bin/kubectl",
+               "server/bin/kube-apiserver.tar", "server/bin/kube-proxy.docker_tag",
+               "test/bin/e2e.test", "test/bin/ginkgo", "server/bin/crictl", "dindind-sample.json"])
+
+
+def _host_file(tmp_path):
+    secret = tmp_path / "host" / "secret"
+    secret.parent.mkdir()
+    secret.write_text("v1.31.2\n")                      # would even pass as a version file
+    return secret
+
+
+@pytest.mark.parametrize("rel", TREE_FILES)
+@pytest.mark.parametrize("how", ["absolute", "relative"])
+def test_a_symlink_out_of_the_tree_is_refused(tmp_path, tree, rel, how):
+    secret = _host_file(tmp_path)
+    link = tree / "kubernetes" / rel
+    link.unlink(missing_ok=True)
+    link.symlink_to(secret if how == "absolute" else os.path.relpath(secret, link.parent))
+    text = _error(tree, str(link), "leads outside the tree", str(secret))
+    assert text.count("outside the tree,") == 1
+
+
+def test_a_symlinked_folder_out_of_the_tree_is_refused(tmp_path, tree):
+    outside = tmp_path / "host" / "bin"
+    shutil.copytree(tree / "kubernetes/test/bin", outside)
+    shutil.rmtree(tree / "kubernetes/test/bin")
+    (tree / "kubernetes/test/bin").symlink_to(outside)
+    text = _error(tree, "e2e.test", "ginkgo", "leads outside the tree")
+    assert "2 file(s)" in text
+
+
+def test_a_symlink_chain_that_ends_outside_is_refused(tmp_path, tree):
+    secret = _host_file(tmp_path)
+    kube = tree / "kubernetes"
+    (kube / "hop").symlink_to(secret)                   # inside, pointing out
+    (kube / "version").unlink()
+    (kube / "version").symlink_to("hop")                # lexically inside, resolves outside
+    _error(tree, str(kube / "version"), str(secret))
+
+
+def test_a_dangling_symlink_out_of_the_tree_is_refused(tmp_path, tree):
+    kubelet = tree / "kubernetes/server/bin/kubelet"
+    kubelet.unlink()
+    kubelet.symlink_to("/nonexistent/dindind/kubelet")
+    _error(tree, str(kubelet), "leads outside the tree")
+
+
+def test_a_symlink_loop_is_refused(tree):
+    kubelet = tree / "kubernetes/server/bin/kubelet"
+    kubelet.unlink()
+    kubelet.symlink_to("kubelet")
+    _error(tree, str(kubelet), "cannot be resolved")
+
+
+def test_nothing_is_read_from_a_tree_with_an_escaping_link(tmp_path, tree, monkeypatch):
+    secret = tmp_path / "host" / "secret"
+    secret.parent.mkdir()
+    secret.write_text("the host's secret line\n")
+    (tree / "kubernetes/version").unlink()
+    (tree / "kubernetes/version").symlink_to(secret)
+    read = []
+    monkeypatch.setattr(sources.dockerarchive, "repo_tags", lambda p: read.append(p) or [])
+    text = _error(tree, "leads outside the tree")
+    assert "the host's secret line" not in text and read == []
+
+
+def test_a_fifo_in_the_tree_is_refused_not_read(tree):
+    tar = tree / "kubernetes/server/bin/kube-proxy.tar"
+    tar.unlink()
+    os.mkfifo(tar)                                      # reading it blocks until someone writes
+
+    def writer():                                       # the other end: opened once a reader comes
+        with open(tar, "wb") as f:
+            f.write(b"not a tarball")
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        _error(tree, str(tar), "not a regular file")
+    finally:
+        fd = os.open(tar, os.O_RDONLY | os.O_NONBLOCK)  # let the writer finish if nobody read it
+        thread.join(10)
+        os.close(fd)
+
+
+def test_symlinks_inside_the_tree_are_fine(tree):
+    kube = tree / "kubernetes"
+    (kube / "real").mkdir()
+    for rel in ("server/bin/kubelet", "test/bin/e2e.test"):
+        shutil.move(kube / rel, kube / "real" / rel.replace("/", "_"))
+        (kube / rel).symlink_to(os.path.relpath(kube / "real" / rel.replace("/", "_"), (kube / rel).parent))
+    (kube / "server/bin/crictl").symlink_to(kube / "server/bin/kubectl")        # absolute, but inside
+    t = sources.read_tree(tree, _extras(tree))
+    assert t.version == VERSION and t.crictl == kube / "server/bin/crictl"
+    assert (kube / "server/bin/kubelet").is_symlink()                          # left as it is
+
+
+def test_the_kubernetes_folder_itself_may_be_a_link(tmp_path, tree):
+    elsewhere = tmp_path / "build"
+    shutil.move(tree / "kubernetes", elsewhere)
+    (tree / "kubernetes").symlink_to(elsewhere)
+    assert sources.read_tree(tree, _extras(tree)).version == VERSION
 
 
 def test_no_version_file(tree):
