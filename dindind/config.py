@@ -10,9 +10,20 @@ Values are checked here, before any of them reaches a template: names,
 versions, URLs, digests, CIDRs and addresses are matched against strict
 patterns, so a value can never smuggle a newline into a systemd unit or a
 Dockerfile.
+
+The file itself is treated as hostile before it is parsed: at most
+:data:`MAX_BYTES` are read, the bytes must be UTF-8, and the YAML is composed
+once, within :data:`MAX_DEPTH` levels and :data:`MAX_NODES` nodes, with no
+aliases (see :class:`_Loader`). Whatever the input, loading ends in a Config or
+one ConfigError.
+
+:func:`check_name`, :func:`parse_int` and :func:`int_range` are the same rules
+for values that arrive another way (task parameters, the environment).
 """
 
 import ipaddress
+import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,7 +32,7 @@ from types import MappingProxyType
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, DindindError, InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
@@ -32,6 +43,7 @@ REPO_RE = r"^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-
 TAG_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 IMAGE_REF_RE = r"^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
+NAME_FMT = "lowercase letters, digits and '-', at most 32, starting and ending with a letter or digit"
 SHA256_RE = r"^[0-9a-f]{64}$"
 URL_RE = r"^(https?|file)://[^\s\"'<>\\]+$"
 SUITE_RE = r"^[a-z]+$"
@@ -84,6 +96,8 @@ def _regex(value):
         re.compile(value)
     except re.error as exc:
         return f"is not a valid regular expression ({exc})"
+    except (OverflowError, RecursionError) as exc:    # a{99999999999}; (((...))) thousands deep
+        return f"is not a usable regular expression ({exc})"
     return _relpath(value)
 
 
@@ -91,11 +105,35 @@ KUBEADM_KINDS = ("ClusterConfiguration", "InitConfiguration", "JoinConfiguration
                  "KubeProxyConfiguration")
 
 
+def _plain_json(value, where="value"):
+    """None, or what in ``value`` is not plain JSON (strings, finite numbers, booleans, null,
+    lists, mappings with string keys): YAML can also give dates, sets and bytes."""
+    if value is None or isinstance(value, (str, bool)):
+        return None
+    if isinstance(value, int):
+        return None if value.bit_length() <= 64 else f"{where}: {_show(value)} is too large"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where}: {value} is not a finite number"
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if msg := _plain_json(item, f"{where}[{i}]"):
+                return msg
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where}: key {_show(key)} is not a string (quote it)"
+            if msg := _plain_json(item, f"{where}.{_key(key)}"):
+                return msg
+        return None
+    return f"{where}: {type(value).__name__} {_show(value)} is not plain JSON (quote it)"
+
+
 def _kubeadm_patch(value):
     if value.get("kind") not in KUBEADM_KINDS:
         return f"needs a kind: one of {', '.join(KUBEADM_KINDS)}"
-    import json
-
+    if msg := _plain_json(value, "patch"):
+        return msg
     if any(ch in json.dumps(value) for ch in ("\\n", "\\u0000")):
         return "must not contain newlines"
     return None
@@ -147,7 +185,7 @@ SPEC = {
         "tag": Field("string", None, nullable=True, pattern=TAG_RE, fmt="a docker tag"),
         "compression": Field("string", "zstd", enum=["zstd", "none"],
                              doc="how the node image is stored inside the cluster image"),
-        "name": Field("string", "dindind", pattern=NAME_RE, fmt="lowercase letters, digits and '-', at most 32",
+        "name": Field("string", "dindind", pattern=NAME_RE, fmt=NAME_FMT,
                       doc="the default cluster name"),
         "workers": Field("integer", 2, minimum=0, maximum=10),
         "nested": Field("boolean", True, doc="run the nodes inside the top-level container"),
@@ -180,6 +218,78 @@ SPEC = {
 
 # ---------------------------------------------------------------- decoding
 
+MAX_BYTES = 1 << 20     # a config is a few kilobytes; the size is checked before anything is parsed
+MAX_DEPTH = 20          # the deepest real config (a kubeadm patch) nests about 8 levels
+MAX_NODES = 10_000      # scalars, sequences and mappings together; the default config has ~60
+
+
+class _Refused(Exception):
+    """A limit of :class:`_Loader` was hit; the message is one problem line."""
+
+
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader that refuses what a config never needs before it costs anything.
+
+    Aliases (``*name``) are refused outright, at the event that names them,
+    rather than counted against a budget: a config has no repeated structure
+    worth sharing, and every alias turns the tree into a graph that each later
+    walk (duplicate keys, validation, JSON of the kubeadm patches, the
+    release's digest of the config) would expand again - the "billion laughs".
+    With no aliases the composed tree is exactly as big as the text, and it is
+    capped at MAX_NODES nodes and MAX_DEPTH levels while it is being composed,
+    so PyYAML's recursive composer never recurses deeper than MAX_DEPTH.
+
+    ValueError and OverflowError that PyYAML lets out of its constructors
+    (``2020-13-45`` is a timestamp with month 13) become ConstructorErrors
+    carrying the node's position.
+    """
+
+    def __init__(self, text):
+        super().__init__(text)
+        self.depth = 0
+        self.nodes = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = f"line {event.start_mark.line + 1}"
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(f"{line}: aliases (*{_show(event.anchor, 40)[1:-1]}) are not supported; "
+                           "write the value out")
+        self.depth += 1
+        self.nodes += 1
+        if self.depth > MAX_DEPTH:
+            raise _Refused(f"{line}: nested deeper than {MAX_DEPTH} levels")
+        if self.nodes > MAX_NODES:
+            raise _Refused(f"{line}: more than {MAX_NODES} values; a config is much smaller")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot construct {_show(node.value, 60)}: {exc}", node.start_mark) from None
+
+
+def _show(value, limit=80):
+    """repr() of a value for a problem line: escaped, and cut short."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        # 0x/0b ints of any length parse, but str() refuses past 4300 digits
+        return f"a {value.bit_length()}-bit number"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
+def _key(key):
+    """A mapping key as it appears in a key path: plain if it is a plain name, else quoted and cut short."""
+    if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key):
+        return key
+    return _show(key, 40)
+
+
 def _duplicates(node, path=""):
     """(key path, line) of every key repeated within one mapping of a composed YAML tree."""
     found = []
@@ -187,7 +297,7 @@ def _duplicates(node, path=""):
         seen = set()
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
-            keypath = f"{path}.{key}" if path else key
+            keypath = f"{path}.{_key(key)}" if path else _key(key)
             if key in seen:
                 found.append((keypath, key_node.start_mark.line + 1))
             seen.add(key)
@@ -198,10 +308,33 @@ def _duplicates(node, path=""):
     return found
 
 
-def _decode(path, text):
+def _text(path, data):
+    """The config bytes as text, after the size and encoding checks."""
+    if len(data) > MAX_BYTES:
+        raise ConfigError(path, [f"(top level): the file is larger than {MAX_BYTES} bytes; "
+                                 "a config is a few kilobytes"])
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(path, [f"line {line}: not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} "
+                                 f"({exc.reason})"]) from None
+
+
+def _decode(path, text):
+    """(data, problems): compose the text once, within the limits, and construct from that tree."""
+    if len(text) > MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise ConfigError(path, [f"(top level): the text is larger than {MAX_BYTES} bytes; "
+                                 "a config is a few kilobytes"])
+    try:
+        loader = _Loader(text)      # the reader refuses control characters right here
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except _Refused as exc:
+        raise ConfigError(path, [str(exc)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, [f"not valid YAML: {exc}".replace("\n", " ")]) from None
     problems = [f"{keypath}: duplicate key (line {line})" for keypath, line in _duplicates(node)]
@@ -226,22 +359,22 @@ def _check_value(keypath, f, value, problems):
         return None
     if not _type_ok(f.kind, value):
         quote = " (quote it in YAML)" if f.kind == "string" and isinstance(value, (int, float)) else ""
-        problems.append(f"{keypath}: expected {f.kind}, got {type(value).__name__} {value!r}{quote}")
+        problems.append(f"{keypath}: expected {f.kind}, got {type(value).__name__} {_show(value)}{quote}")
         return None
     if f.kind == "string":
         if f.enum and value not in f.enum:
-            problems.append(f"{keypath}: {value!r} is not one of {', '.join(f.enum)}")
+            problems.append(f"{keypath}: {_show(value)} is not one of {', '.join(f.enum)}")
         elif f.pattern and not re.fullmatch(f.pattern, value):
-            problems.append(f"{keypath}: {value!r} is not {f.fmt or 'valid'}")
+            problems.append(f"{keypath}: {_show(value)} is not {f.fmt or 'valid'}")
         elif f.check and (msg := f.check(value)):
-            problems.append(f"{keypath}: {value!r} {msg}")
+            problems.append(f"{keypath}: {_show(value)} {msg}")
     elif f.kind == "object" and f.check and (msg := f.check(value)):
         problems.append(f"{keypath}: {msg}")
     elif f.kind == "integer":
         if f.minimum is not None and value < f.minimum:
-            problems.append(f"{keypath}: {value} is below the minimum {f.minimum}")
+            problems.append(f"{keypath}: {_show(value)} is below the minimum {f.minimum}")
         if f.maximum is not None and value > f.maximum:
-            problems.append(f"{keypath}: {value} is above the maximum {f.maximum}")
+            problems.append(f"{keypath}: {_show(value)} is above the maximum {f.maximum}")
     elif f.kind == "array":
         out = []
         for i, item in enumerate(value):
@@ -259,7 +392,7 @@ def _validate_shape(data, problems):
         data = {}
     for key in data:
         if key not in SPEC:
-            problems.append(f"{key}: unknown key (known: {', '.join(SPEC)})")
+            problems.append(f"{_key(key)}: unknown key (known: {', '.join(SPEC)})")
     for section, fields in SPEC.items():
         raw = data.get(section, {})
         if raw is None:
@@ -269,7 +402,7 @@ def _validate_shape(data, problems):
             raw = {}
         for key in raw:
             if key not in fields:
-                problems.append(f"{section}.{key}: unknown key (known: {', '.join(fields)})")
+                problems.append(f"{section}.{_key(key)}: unknown key (known: {', '.join(fields)})")
         sec = {}
         for key, f in fields.items():
             if key in raw:
@@ -280,15 +413,21 @@ def _validate_shape(data, problems):
     return values
 
 
+def _exists(path, kind):
+    """path.is_dir() / is_file(), False also for a name the OS refuses (NUL, too long, a loop)."""
+    try:
+        return getattr(path, kind)()
+    except (OSError, ValueError):
+        return False
+
+
 def _cross_check(v, base_dir, problems):
     k = v["kubernetes"]
     if k["source"] == "dir":
         if not k["path"]:
             problems.append("kubernetes.path: required when kubernetes.source is dir")
-        else:
-            tree = (base_dir / k["path"]).resolve()
-            if not (tree / "kubernetes").is_dir():
-                problems.append(f"kubernetes.path: {tree} has no kubernetes/ folder")
+        elif not _exists(base_dir / k["path"] / "kubernetes", "is_dir"):
+            problems.append(f"kubernetes.path: {_show(str(base_dir / k['path']))} has no kubernetes/ folder")
     if k["source"] == "release":
         for key in ("server_url", "server_sha256", "test_url", "test_sha256"):
             if not k[key]:
@@ -298,8 +437,8 @@ def _cross_check(v, base_dir, problems):
             continue
         if k["source"] == "sample":
             problems.append(f"kubernetes.extra_images[{i}]: the sample source generates its own extra images")
-        elif not (base_dir / img).is_file():
-            problems.append(f"kubernetes.extra_images[{i}]: {base_dir / img} does not exist")
+        elif not _exists(base_dir / img, "is_file"):
+            problems.append(f"kubernetes.extra_images[{i}]: {_show(str(base_dir / img))} does not exist")
     if v["cni"]["source"] == "tgz":
         for key in ("url", "sha256"):
             if not v["cni"][key]:
@@ -384,10 +523,11 @@ def load(path=None):
     path = path or os.environ.get("DINDIND_CONFIG") or DEFAULT_CONFIG
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)    # never the whole of a huge file (or of /dev/zero)
     except OSError as exc:
         raise ConfigError(path, [f"cannot read the config file: {exc.strerror}"]) from None
-    return parse(text, path)
+    return parse(_text(path, data), path)
 
 
 # ---------------------------------------------------------------- JSON Schema
