@@ -9,7 +9,7 @@ keeps the committed copy equal to it).
 Values are checked here, before any of them reaches a template: names,
 versions, URLs, digests, CIDRs and addresses are matched against strict
 patterns, so a value can never smuggle a newline into a systemd unit or a
-Dockerfile.
+Dockerfile. Every integer has a range.
 
 The file itself is treated as hostile before it is parsed: at most
 :data:`MAX_BYTES` are read, the bytes must be UTF-8, and the YAML is composed
@@ -43,12 +43,22 @@ REPO_RE = r"^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-
 TAG_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 IMAGE_REF_RE = r"^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
-NAME_FMT = "lowercase letters, digits and '-', at most 32, starting and ending with a letter or digit"
+NAME_FMT = "lowercase letters, digits and '-' (at most 32 characters, starting and ending with a letter or digit)"
 SHA256_RE = r"^[0-9a-f]{64}$"
 URL_RE = r"^(https?|file)://[^\s\"'<>\\]+$"
 SUITE_RE = r"^[a-z]+$"
 PKG_RE = r"^[a-z0-9][a-z0-9+.-]+$"
 ARG_RE = r"^--[a-z0-9-]+=[^\s\"'\\]*$"
+
+
+# The build epoch becomes file mtimes (os.utime on the staged .deb trees), tar
+# headers (ustar: 11 octal digits, up to 8**11-1), ar headers in the .deb (12
+# decimal digits), gzip headers (32 bits unsigned) and the image's `created`
+# (RFC 3339, up to year 9999). The smallest of what they all store exactly is a
+# signed 32-bit time_t: ext4 with 128-byte inodes and XFS without bigtime clamp
+# anything later, silently, and the build would no longer be reproducible. A
+# source date is in the past, so 2038-01-19 is no real limit.
+EPOCH_MAX = 2**31 - 1
 
 
 class Field:
@@ -209,11 +219,50 @@ SPEC = {
                           doc="regex of e2e tests to skip (default: dindind's list of unsupported tests)"),
     },
     "build": {
-        "source_date_epoch": Field("integer", 1700000000, minimum=0,
-                                   doc="timestamp for reproducible debs and layers "
-                                       "(the environment's SOURCE_DATE_EPOCH wins)"),
+        "source_date_epoch": Field("integer", 1700000000, minimum=0, maximum=EPOCH_MAX,
+                                   doc="timestamp for reproducible debs and layers, seconds since 1970 up to "
+                                       "2038-01-19 (the environment's SOURCE_DATE_EPOCH wins)"),
     },
 }
+
+
+# ---------------------------------------------------------------- shared rules
+
+def int_range(key):
+    """(minimum, maximum) of the integer key ``section.name`` in SPEC, for options that set it too."""
+    section, _, name = key.partition(".")
+    f = SPEC.get(section, {}).get(name)
+    if f is None or f.kind != "integer":
+        raise KeyError(f"{key} is not an integer key of the config")
+    return f.minimum, f.maximum
+
+
+_INT_RE = re.compile(r"-?[0-9]+")   # ASCII digits: int() would also take " 3", "+3", "1_000" and "٣"
+
+
+def parse_int(value, what, minimum, maximum, hint=None):
+    """``value`` (a string from a command line or the environment, or an int) as an int
+    from ``minimum`` to ``maximum``; else a DindindError naming ``what`` and the range."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _INT_RE.fullmatch(value):
+        digits = value.lstrip("-").lstrip("0")
+        # a number with more digits than both bounds is out of range; don't convert 10**5000
+        number = int(value) if len(digits) <= len(str(max(abs(minimum), abs(maximum)))) else None
+    else:
+        raise DindindError(f"{what}: {_show(value)} is not a whole number from {minimum} to {maximum}", hint=hint)
+    if number is None or not minimum <= number <= maximum:
+        raise DindindError(f"{what}: {_show(value)} is out of range: use a whole number from {minimum} to {maximum}",
+                           hint=hint)
+    return number
+
+
+def check_name(value, what="cluster name"):
+    """``value`` if it is a valid name (NAME_RE: the one rule for cluster names, which become
+    container names, labels, hostnames and paths), else a DindindError."""
+    if not isinstance(value, str) or not re.fullmatch(NAME_RE, value):
+        raise DindindError(f"invalid {what} {_show(value)}", hint=f"use {NAME_FMT}")
+    return value
 
 
 # ---------------------------------------------------------------- decoding
@@ -487,10 +536,19 @@ class Config:
 
     @property
     def source_date_epoch(self):
+        """The build epoch: $SOURCE_DATE_EPOCH when it is set, else build.source_date_epoch.
+
+        As the reproducible-builds spec asks, a set but malformed value (empty,
+        not ASCII digits, out of range) is an InputError, never ignored.
+        """
         env = os.environ.get("SOURCE_DATE_EPOCH")
-        if env and env.isdigit():
-            return int(env)
-        return int(self.build["source_date_epoch"])
+        if env is None:
+            return int(self.build["source_date_epoch"])
+        try:
+            return parse_int(env, "SOURCE_DATE_EPOCH", *int_range("build.source_date_epoch"))
+        except DindindError as exc:
+            raise InputError(exc.message, hint="set it to seconds since 1970 (date +%s), or unset it to use "
+                                               "build.source_date_epoch") from None
 
 
 def _plain(v):

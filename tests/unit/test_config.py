@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from dindind import config
-from dindind.errors import ConfigError
+from dindind.errors import ConfigError, DindindError, InputError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "config"
 REPO_CONFIGS = sorted((config.ROOT / "config").glob("*.yaml")) + sorted(FIXTURES.glob("valid-*.yaml"))
@@ -257,3 +257,166 @@ def test_a_path_the_os_refuses_is_a_problem_not_a_crash(path):
     text = yaml.safe_dump({"kubernetes": {"source": "dir", "path": ".", "extra_images": [path]}})
     problems = _problems(text)
     assert any(p.startswith("kubernetes.extra_images[0]: ") for p in problems), problems
+
+
+# ---------------------------------------------------------------- integer ranges
+
+INTEGER_FIELDS = [(f"{section}.{key}", f) for section, fields in config.SPEC.items()
+                  for key, f in fields.items() if f.kind == "integer"]
+
+
+def test_every_integer_key_has_a_range():
+    assert INTEGER_FIELDS
+    schema = config.json_schema()["properties"]
+    for key, f in INTEGER_FIELDS:
+        assert f.minimum is not None and f.maximum is not None, f"{key} needs a minimum and a maximum"
+        assert f.minimum <= f.default <= f.maximum, key
+        section, name = key.split(".")
+        prop = schema[section]["properties"][name]
+        assert (prop["minimum"], prop["maximum"]) == (f.minimum, f.maximum), key
+        assert config.int_range(key) == (f.minimum, f.maximum)
+
+
+@pytest.mark.parametrize("key, f", INTEGER_FIELDS, ids=[k for k, _ in INTEGER_FIELDS])
+def test_integer_keys_are_checked_against_their_range(key, f):
+    section, name = key.split(".")
+    for ok in (f.minimum, f.maximum):
+        assert config.parse(yaml.safe_dump({section: {name: ok}}), "x.yaml").raw[section][name] == ok
+    assert _problems(yaml.safe_dump({section: {name: f.minimum - 1}})) \
+        == [f"{key}: {f.minimum - 1} is below the minimum {f.minimum}"]
+    assert _problems(yaml.safe_dump({section: {name: f.maximum + 1}})) \
+        == [f"{key}: {f.maximum + 1} is above the maximum {f.maximum}"]
+
+
+def test_the_epoch_fits_a_32_bit_time_t():
+    # file mtimes on ext4 with 128-byte inodes or XFS without bigtime, gzip and ustar headers
+    assert config.int_range("build.source_date_epoch") == (0, 2**31 - 1)
+
+
+@pytest.mark.parametrize("key", ["cluster.name", "cluster", "nope.workers", "cluster.nope", ""])
+def test_int_range_is_only_for_integer_keys(key):
+    with pytest.raises(KeyError):
+        config.int_range(key)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ("0", 0), ("1234", 1234), ("2147483647", 2**31 - 1), ("0001700000000", 1700000000),
+])
+def test_source_date_epoch_from_the_environment(monkeypatch, env, expected):
+    cfg = config.load(config.DEFAULT_CONFIG)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", env)
+    assert cfg.source_date_epoch == expected
+
+
+@pytest.mark.parametrize("env, problem", [
+    ("", "is not a whole number"),
+    ("abc", "is not a whole number"),
+    ("1700000000 ", "is not a whole number"),
+    (" 1700000000", "is not a whole number"),
+    ("+1700000000", "is not a whole number"),
+    ("1_700_000_000", "is not a whole number"),
+    ("1.7e9", "is not a whole number"),
+    ("1700000000.5", "is not a whole number"),
+    ("١٧٠٠٠٠٠٠٠٠", "is not a whole number"),          # Arabic-Indic digits: int() takes them
+    ("-1", "is out of range"),
+    ("2147483648", "is out of range"),
+    ("253402300799", "is out of range"),
+    ("9" * 5000, "is out of range"),
+])
+def test_a_malformed_source_date_epoch_is_an_error_not_ignored(monkeypatch, env, problem):
+    cfg = config.load(config.DEFAULT_CONFIG)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", env)
+    with pytest.raises(InputError) as info:
+        cfg.source_date_epoch
+    assert info.value.message.startswith("SOURCE_DATE_EPOCH: ")
+    assert f"{problem}" in info.value.message and "from 0 to 2147483647" in info.value.message
+    assert "\n" not in info.value.message and len(info.value.message) < 200
+    assert "date +%s" in info.value.hint
+
+
+def test_without_the_environment_the_config_epoch_is_used(monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    assert config.parse("build: {source_date_epoch: 42}", "x.yaml").source_date_epoch == 42
+
+
+# ---------------------------------------------------------------- validators for task parameters
+
+@pytest.mark.parametrize("value, expected", [
+    ("3", 3), ("0", 0), ("10", 10), ("007", 7), ("-0", 0), (3, 3), (0, 0),
+])
+def test_parse_int_accepts(value, expected):
+    assert config.parse_int(value, "--workers", 0, 10) == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    ("abc", "--workers: 'abc' is not a whole number from 0 to 10"),
+    ("", "--workers: '' is not a whole number from 0 to 10"),
+    (" 3", "--workers: ' 3' is not a whole number from 0 to 10"),
+    ("3\n", "--workers: '3\\n' is not a whole number from 0 to 10"),
+    ("+3", "--workers: '+3' is not a whole number from 0 to 10"),
+    ("1e3", "--workers: '1e3' is not a whole number from 0 to 10"),
+    ("3.0", "--workers: '3.0' is not a whole number from 0 to 10"),
+    ("1_0", "--workers: '1_0' is not a whole number from 0 to 10"),
+    ("٣", "--workers: '٣' is not a whole number from 0 to 10"),
+    ("0x3", "--workers: '0x3' is not a whole number from 0 to 10"),
+    (None, "--workers: None is not a whole number from 0 to 10"),
+    (True, "--workers: True is not a whole number from 0 to 10"),
+    (3.0, "--workers: 3.0 is not a whole number from 0 to 10"),
+    ("-5", "--workers: '-5' is out of range: use a whole number from 0 to 10"),
+    ("11", "--workers: '11' is out of range: use a whole number from 0 to 10"),
+    (11, "--workers: 11 is out of range: use a whole number from 0 to 10"),
+    ("99999999999999999999", "--workers: '99999999999999999999' is out of range: use a whole number from 0 to 10"),
+    ("9" * 100000, "--workers: '" + "9" * 79 + "...(100002 chars) is out of range: use a whole number from 0 to 10"),
+    ("00000000000000000000011", "--workers: '00000000000000000000011' is out of range: use a whole number from 0 to 10"),
+])
+def test_parse_int_refuses_with_one_line(value, message):
+    with pytest.raises(DindindError) as info:
+        config.parse_int(value, "--workers", 0, 10, hint="see doit help cluster:up")
+    assert info.value.message == message
+    assert info.value.hint == "see doit help cluster:up"
+    assert "\n" not in info.value.message
+
+
+def test_parse_int_uses_the_config_ranges():
+    assert config.parse_int("3600", "--wait", *config.int_range("cluster.wait")) == 3600
+    with pytest.raises(DindindError, match="from 0 to 3600"):
+        config.parse_int("3601", "--wait", *config.int_range("cluster.wait"))
+    with pytest.raises(DindindError, match="from 0 to 65535"):
+        config.parse_int("65536", "--port", *config.int_range("cluster.api_port"))
+
+
+@pytest.mark.parametrize("value", ["dindind", "a", "0", "a-b", "k8s-1-31", "a" * 32, "1a"])
+def test_check_name_accepts(value):
+    assert config.check_name(value) == value
+
+
+@pytest.mark.parametrize("value", [
+    "", "A", "Dindind", "a_b", "a.b", "-a", "a-", "a" * 33, "a\n", "a\nb", "a b", "a\x00", "ä", "ａ",
+    "../x", "a/b", None, 3, ["a"],
+])
+def test_check_name_refuses(value):
+    with pytest.raises(DindindError) as info:
+        config.check_name(value, "--name")
+    assert info.value.message.startswith("invalid --name ")
+    assert "\n" not in info.value.message
+    assert info.value.hint == f"use {config.NAME_FMT}"
+
+
+def test_check_name_is_the_config_rule():
+    for value in ("ok-1", "Bad", "a" * 33):
+        try:
+            config.check_name(value)
+            by_function = True
+        except DindindError:
+            by_function = False
+        by_config = not any(p.startswith("cluster.name") for p in
+                            _problems_or_none(yaml.safe_dump({"cluster": {"name": value}})))
+        assert by_function == by_config, value
+
+
+def _problems_or_none(text):
+    try:
+        config.parse(text, "x.yaml")
+    except ConfigError as exc:
+        return exc.problems
+    return []
