@@ -118,7 +118,9 @@ KUBEADM_KINDS = ("ClusterConfiguration", "InitConfiguration", "JoinConfiguration
 def _plain_json(value, where="value"):
     """None, or what in ``value`` is not plain JSON (strings, finite numbers, booleans, null,
     lists, mappings with string keys): YAML can also give dates, sets and bytes."""
-    if value is None or isinstance(value, (str, bool)):
+    if isinstance(value, str):
+        return None if _encodable(value) else f"{where}: {_show(value)} is not valid Unicode (a lone surrogate escape)"
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
         return None if value.bit_length() <= 64 else f"{where}: {_show(value)} is too large"
@@ -133,6 +135,8 @@ def _plain_json(value, where="value"):
         for key, item in value.items():
             if not isinstance(key, str):
                 return f"{where}: key {_show(key)} is not a string (quote it)"
+            if not _encodable(key):
+                return f"{where}: key {_show(key)} is not valid Unicode (a lone surrogate escape)"
             if msg := _plain_json(item, f"{where}.{_key(key)}"):
                 return msg
         return None
@@ -288,8 +292,13 @@ class _Loader(yaml.SafeLoader):
     capped at MAX_NODES nodes and MAX_DEPTH levels while it is being composed,
     so PyYAML's recursive composer never recurses deeper than MAX_DEPTH.
 
-    ValueError and OverflowError that PyYAML lets out of its constructors
-    (``2020-13-45`` is a timestamp with month 13) become ConstructorErrors
+    Explicit tags are refused too (``!!str`` aside, the one way to say "this
+    is a string" besides quotes): a config needs none of ``!!python/...``,
+    ``!!binary``, ``!!set`` or ``!!timestamp``, and each is another
+    constructor and another Python type to get wrong downstream.
+
+    Whatever else PyYAML lets out of its constructors (ValueError for
+    ``2020-13-45``, a timestamp with month 13) becomes a ConstructorError
     carrying the node's position.
     """
 
@@ -304,6 +313,11 @@ class _Loader(yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
             raise _Refused(f"{line}: aliases (*{_show(event.anchor, 40)[1:-1]}) are not supported; "
                            "write the value out")
+        if event.tag is not None and event.tag not in ("tag:yaml.org,2002:str", "!"):
+            tag = event.tag
+            tag = f"!!{tag[18:]}" if tag.startswith("tag:yaml.org,2002:") else tag if tag[0] == "!" else f"!<{tag}>"
+            raise _Refused(f"{line}: tags ({_show(tag, 60)[1:-1]}) are not supported; "
+                           "write plain values (quote a string)")
         self.depth += 1
         self.nodes += 1
         if self.depth > MAX_DEPTH:
@@ -318,9 +332,27 @@ class _Loader(yaml.SafeLoader):
     def construct_object(self, node, deep=False):
         try:
             return super().construct_object(node, deep)
-        except (ValueError, OverflowError) as exc:
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:    # noqa: BLE001 - only PyYAML's constructors run in here
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot construct {_show(node.value, 60)}: {exc}", node.start_mark) from None
+
+
+def _encodable(text):
+    """False for a string with lone surrogates ("\\ud800" in a YAML double-quoted string): it
+    cannot be written to any file."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text, limit=500):
+    """An error text from PyYAML as one printable line: its snippet of the file is not escaped."""
+    text = "".join(c if c.isprintable() else (" " if c == "\n" else repr(c)[1:-1]) for c in text)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _show(value, limit=80):
@@ -377,6 +409,7 @@ def _decode(path, text):
                                  "a config is a few kilobytes"])
     try:
         loader = _Loader(text)      # the reader refuses control characters right here
+        loader.name = path.name     # marks say 'in "config.yaml", line 2', not '"<unicode string>"'
         try:
             node = loader.get_single_node()
             data = loader.construct_document(node) if node is not None else None
@@ -385,7 +418,7 @@ def _decode(path, text):
     except _Refused as exc:
         raise ConfigError(path, [str(exc)]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(path, [f"not valid YAML: {exc}".replace("\n", " ")]) from None
+        raise ConfigError(path, [f"not valid YAML: {_printable(str(exc))}"]) from None
     problems = [f"{keypath}: duplicate key (line {line})" for keypath, line in _duplicates(node)]
     return data, problems
 
@@ -401,6 +434,9 @@ def _type_ok(kind, value):
 
 
 def _check_value(keypath, f, value, problems):
+    if isinstance(value, str) and not _encodable(value):
+        problems.append(f"{keypath}: {_show(value)} is not valid Unicode (a lone surrogate escape)")
+        return None
     if value is None:
         if f.nullable:
             return None

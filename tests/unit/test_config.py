@@ -202,10 +202,11 @@ def test_a_directory_is_a_config_error(tmp_path):
 
 @pytest.mark.parametrize("text, needle", [
     ("a: 2020-13-45\n", "cannot construct '2020-13-45': month must be in 1..12"),
-    ("a: !!timestamp 2020-01-01T25:00:00\n", "hour must be in 0..23"),
-    ("a: !!float abc\n", "cannot construct 'abc'"),
-    ("a: !!int " + "9" * 5000 + "\n", "cannot construct"),
-    ("a: !!python/object:os.system x\n", "could not determine a constructor"),
+    ("a: 2020-01-01T25:00:00\n", "hour must be in 0..23"),
+    ("a: " + "9" * 5000 + "\n", "cannot construct '99999999999999999999999999999999999999999999999999999999999...(5002 "
+     "chars): Exceeds the limit (4300 digits)"),
+    ("a: =\n", "could not determine a constructor for the tag 'tag:yaml.org,2002:value'"),
+    ("cluster: {<<: [1]}\n", "expected a mapping for merging"),
     ("? [1]\n: 2\n", "found unhashable key"),
     ("a: 1\n---\nb: 2\n", "expected a single document"),
     ("a: \x00\n", "special characters are not allowed"),
@@ -224,10 +225,17 @@ def test_what_pyyaml_cannot_construct_is_invalid_yaml(text, needle):
      "cluster.name: expected string, got int a 100000-bit number (quote it in YAML)"),
     ("cluster:\n  kubeadm_patches: [{kind: ClusterConfiguration, a: 2020-01-01}]\n",
      "cluster.kubeadm_patches[0]: patch.a: date datetime.date(2020, 1, 1) is not plain JSON (quote it)"),
-    ("cluster:\n  kubeadm_patches: [{kind: ClusterConfiguration, a: [!!binary AAAA]}]\n",
-     "cluster.kubeadm_patches[0]: patch.a[0]: bytes b'\\x00\\x00\\x00' is not plain JSON (quote it)"),
-    ("cluster:\n  kubeadm_patches: [{kind: ClusterConfiguration, a: !!set {b}}]\n",
-     "cluster.kubeadm_patches[0]: patch.a: set {'b'} is not plain JSON (quote it)"),
+    ("cluster:\n  kubeadm_patches: [{kind: ClusterConfiguration, a: [2020-01-01 10:00:00]}]\n",
+     "cluster.kubeadm_patches[0]: patch.a[0]: datetime datetime.datetime(2020, 1, 1, 10, 0) is not plain JSON "
+     "(quote it)"),
+    ("cluster:\n  kubeadm_patches: [{kind: ClusterConfiguration, a: \"\\ud800\"}]\n",
+     "cluster.kubeadm_patches[0]: patch.a: '\\ud800' is not valid Unicode (a lone surrogate escape)"),
+    ("cluster:\n  kubeadm_patches: [{kind: ClusterConfiguration, \"\\udfff\": 1}]\n",
+     "cluster.kubeadm_patches[0]: patch: key '\\udfff' is not valid Unicode (a lone surrogate escape)"),
+    ('cluster:\n  e2e_skip: "\\ud83d\\ude00"\n',
+     "cluster.e2e_skip: '\\ud83d\\ude00' is not valid Unicode (a lone surrogate escape)"),
+    ('kubernetes:\n  extra_images: ["\\ud800"]\n',
+     "kubernetes.extra_images[0]: '\\ud800' is not valid Unicode (a lone surrogate escape)"),
     ("cluster:\n  kubeadm_patches: [{kind: ClusterConfiguration, a: {1: b}}]\n",
      "cluster.kubeadm_patches[0]: patch.a: key 1 is not a string (quote it)"),
     ("cluster:\n  kubeadm_patches: [{kind: ClusterConfiguration, a: .nan}]\n",
@@ -241,6 +249,28 @@ def test_what_pyyaml_cannot_construct_is_invalid_yaml(text, needle):
 ])
 def test_hostile_values_are_one_problem_line(text, problem):
     assert _problems(text) == [problem]
+
+
+@pytest.mark.parametrize("text, tag", [
+    ("a: !!python/object:os.system x\n", "!!python/object:os.system"),
+    ("a: !!python/object/apply:os.system [echo]\n", "!!python/object/apply:os.system"),
+    ("a: !!binary AAAA\n", "!!binary"),
+    ("a: !!set {b}\n", "!!set"),
+    ("a: !!bool maybe\n", "!!bool"),
+    ("a: !!int 1\n", "!!int"),
+    ("a: !!timestamp 2020-01-01\n", "!!timestamp"),
+    ("a: !local x\n", "!local"),
+    ("a: !<tag:example.com,2000:x> x\n", "!<tag:example.com,2000:x>"),
+    ("--- !!map\na: 1\n", "!!map"),
+])
+def test_explicit_tags_are_refused(text, tag):
+    line = text.count("\n", 0, text.index("!")) + 1
+    assert _problems(text) == [f"line {line}: tags ({tag}) are not supported; write plain values (quote a string)"]
+
+
+def test_str_tags_and_merges_of_plain_mappings_are_fine():
+    cfg = config.parse("cluster:\n  name: !!str 123\n  <<: {workers: 3}\nnode: {tag: !!str 1.2}\n", "x.yaml")
+    assert (cfg.cluster["name"], cfg.cluster["workers"], cfg.node["tag"]) == ("123", 3, "1.2")
 
 
 def test_a_regex_too_deep_for_the_re_parser_is_a_problem():
@@ -420,3 +450,47 @@ def _problems_or_none(text):
     except ConfigError as exc:
         return exc.problems
     return []
+
+
+# ---------------------------------------------------------------- python -m dindind check
+
+CHECK_CASES = {
+    "missing": (None, "cannot read the config file: No such file or directory"),
+    "huge": (b"#" * 5_000_000, f"the file is larger than {config.MAX_BYTES} bytes"),
+    "latin1": (b"cluster:\n  name: caf\xe9\n", "line 2: not UTF-8: byte 0xe9 at offset 20"),
+    "bomb": (BOMB.encode(), "line 2: aliases (*a) are not supported"),
+    "deep": (b"[" * 10000 + b"]" * 10000, "line 1: nested deeper than 20 levels"),
+    "tag": (b"cluster: !!python/object/apply:os.system [echo hi]\n", "tags (!!python/object/apply:os.system)"),
+    "tab": (b"cluster:\n\tname: x\n", "found character '\\t' that cannot start any token   in \"c.yaml\", line 2"),
+    "list": (b"- a\n", "(top level): expected a mapping, got list"),
+    "range": (b"build: {source_date_epoch: 99999999999}\n", "build.source_date_epoch: 99999999999 is above the maximum"),
+    "dup": (b"cluster: {name: a, name: b}\n", "cluster.name: duplicate key (line 1)"),
+}
+
+
+@pytest.mark.parametrize("case", CHECK_CASES)
+def test_check_prints_one_error_without_a_traceback(tmp_path, capsys, monkeypatch, case):
+    from dindind.__main__ import main
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    data, needle = CHECK_CASES[case]
+    p = tmp_path / "c.yaml"
+    if data is not None:
+        p.write_bytes(data)
+    assert main(["check", str(p)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"ERROR: invalid config {p}: 1 problem(s)\n  - ") and needle in err, err
+    assert len(err.splitlines()) == 3 and "Traceback" not in err
+
+
+def test_check_reports_a_malformed_source_date_epoch(capsys, monkeypatch):
+    from dindind.__main__ import main
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    assert main(["check", str(config.DEFAULT_CONFIG)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "ERROR: SOURCE_DATE_EPOCH: 'yesterday' is not a whole number from 0 to 2147483647",
+        "hint: set it to seconds since 1970 (date +%s), or unset it to use build.source_date_epoch"]
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert main(["check", str(config.DEFAULT_CONFIG)]) == 0
