@@ -1,10 +1,13 @@
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dindind import config
 from dindind.errors import ConfigError, DindindError, InputError
@@ -243,8 +246,7 @@ def test_what_pyyaml_cannot_construct_is_invalid_yaml(text, needle):
     ("cluster:\n  kubeadm_patches: [{kind: ClusterConfiguration, a: 0x" + "f" * 17 + "}]\n",
      "cluster.kubeadm_patches[0]: patch.a: a 68-bit number is too large"),
     ("cluster:\n  name: '" + "x" * 5000 + "'\n",
-     "cluster.name: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...(5002 chars) is not "
-     + config.NAME_FMT),
+     "cluster.name: '" + "x" * 79 + "...(5002 chars) is not " + config.NAME_FMT),
     ('"a\\nb": 1\n', "'a\\nb': unknown key (known: kubernetes, cni, base, node, cluster, build)"),
 ])
 def test_hostile_values_are_one_problem_line(text, problem):
@@ -397,7 +399,7 @@ def test_parse_int_accepts(value, expected):
     (11, "--workers: 11 is out of range: use a whole number from 0 to 10"),
     ("99999999999999999999", "--workers: '99999999999999999999' is out of range: use a whole number from 0 to 10"),
     ("9" * 100000, "--workers: '" + "9" * 79 + "...(100002 chars) is out of range: use a whole number from 0 to 10"),
-    ("00000000000000000000011", "--workers: '00000000000000000000011' is out of range: use a whole number from 0 to 10"),
+    ("0" * 21 + "11", "--workers: '" + "0" * 21 + "11' is out of range: use a whole number from 0 to 10"),
 ])
 def test_parse_int_refuses_with_one_line(value, message):
     with pytest.raises(DindindError) as info:
@@ -452,6 +454,150 @@ def _problems_or_none(text):
     return []
 
 
+# ---------------------------------------------------------------- fuzzing: Config or ConfigError, nothing else
+
+# no example database: nothing is written into the checkout
+FUZZ = settings(max_examples=200, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _outcome(call):
+    """The Config, or the ConfigError's problems, checking what both promise; any other exception fails."""
+    try:
+        cfg = call()
+    except ConfigError as exc:
+        assert exc.problems
+        for p in exc.problems:      # one printable line each: safe on a terminal, never a traceback on print
+            assert isinstance(p, str) and p.isprintable() and len(p) <= 1000, p[:2000]
+        exc.render().encode("utf-8")
+        return exc.problems
+    # what release.py digests and templates write: no dates, sets, bytes, NaN or lone surrogates
+    json.dumps(cfg.as_dict(), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    for key, f in INTEGER_FIELDS:
+        section, name = key.split(".")
+        assert f.minimum <= cfg.raw[section][name] <= f.maximum
+    config.check_name(cfg.cluster["name"])
+    return cfg
+
+
+@FUZZ
+@given(data=st.binary(max_size=4096))
+def test_fuzz_load_random_bytes(data):
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "c.yaml"
+        p.write_bytes(data)
+        _outcome(lambda: config.load(p))
+
+
+@FUZZ
+@given(text=st.text(max_size=2048))
+def test_fuzz_parse_random_text(text):
+    _outcome(lambda: config.parse(text, "x.yaml", base_dir="/nonexistent"))
+
+
+KEYS = sorted({s for s in config.SPEC} | {k for fields in config.SPEC.values() for k in fields})
+SCALARS = st.one_of(
+    st.sampled_from(["~", "null", "yes", "no", "on", "true", "0", "-1", "0x1f", "0o17", "0b101", "1_000", "1:30",
+                     "0x" + "f" * 40, "1e400", ".nan", "-.inf", "2020-01-01", "2020-13-45",
+                     "2001-12-14t21:59:43.10-05:00",
+                     "'quoted'", '"esc\\n\\x00\\x1b[31m"', '"\\ud800"', '"\\U0001F600"', "ClusterConfiguration",
+                     "KubeletConfiguration", "sample", "dir", "release", "tgz", "debian", "none", "zstd", "default",
+                     "dindind", "10.0.0.0/8", "127.0.0.1", "http://x/y", "--a=b", "v1.2.3"]),
+    st.sampled_from(["|\n  block", ">-\n  folded", "=", "<<", "!", "&", "*", "'", '"', "%YAML 1.1", "---", "...",
+                     "#", "? ", "- ", ": ", "\t", "\ufeff", "\x85", "\u2028", "\xa0",
+                     "!!python/object:os.system echo", "!!python/name:os.system ''", "!!binary AAAA", "!!binary !",
+                     "!!set {a, b}", "!!omap [a: 1]", "!!pairs [a: 1]", "!!timestamp 2020-99-01", "!!float x",
+                     "!!int 12x", "!!int " + "9" * 5000, "!!str 1", "!!bool maybe", "!!null x", "!<tag:x> y",
+                     "!<" + "t" * 3000 + "> y", "!local v", "!!map x", "!!seq x"]),
+    st.sampled_from(KEYS),
+    st.integers(min_value=-2**70, max_value=2**70).map(str),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=12).map(json.dumps),
+    st.from_regex(r"[a-z0-9 .:/_-]{0,12}", fullmatch=True),
+)
+ANCHORS = st.sampled_from(["a", "b", "x1"])
+
+
+def _with_props(node):
+    return st.tuples(st.sampled_from(["", "&a ", "&b ", "!!str ", "!!map ", "!!seq ", "!!python/tuple ", "!x "]),
+                     st.just(node)).map(lambda t: t[0] + t[1])
+
+
+YAMLISH = st.recursive(
+    st.one_of(SCALARS, ANCHORS.map(lambda a: f"*{a}")),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]").flatmap(_with_props),
+        st.lists(st.tuples(st.one_of(st.sampled_from(KEYS), inner), inner), max_size=4)
+          .map(lambda kvs: "{" + ", ".join(f"{k}: {v}" for k, v in kvs) + "}").flatmap(_with_props),
+        st.lists(inner, min_size=1, max_size=3).map(lambda xs: "".join(f"\n- {x}" for x in xs)),
+        st.lists(st.tuples(st.sampled_from(KEYS), inner), min_size=1, max_size=4)
+          .map(lambda kvs: "".join(f"\n{k}: {v}".replace("\n", "\n  ") for k, v in kvs)),
+    ),
+    max_leaves=30,
+)
+
+
+@FUZZ
+@given(doc=st.lists(st.tuples(st.sampled_from(list(config.SPEC) + ["nope"]), YAMLISH), max_size=6),
+       head=st.sampled_from(["", "---\n", "%YAML 1.1\n---\n", "# c\n", "\ufeff"]))
+def test_fuzz_parse_yaml_from_a_grammar(doc, head):
+    text = head + "".join(f"{section}:{' ' if not v.startswith(chr(10)) else ''}{v.replace(chr(10), chr(10) + '  ')}\n"
+                          for section, v in doc)
+    _outcome(lambda: config.parse(text, "x.yaml", base_dir="/nonexistent"))
+
+
+JSONISH = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**40, max_value=2**40), st.floats(),
+              st.text(max_size=20), st.dates(), st.binary(max_size=4)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.one_of(st.text(max_size=8), st.integers()), inner, max_size=3)),
+    max_leaves=12,
+)
+
+
+def _value_for(f):
+    """A value for field ``f``: often a plausible one, sometimes anything."""
+    plausible = [st.just(f.default)]
+    if f.enum:
+        plausible.append(st.sampled_from(f.enum))
+    if f.kind == "integer":
+        plausible.append(st.integers(min_value=f.minimum - 2, max_value=f.maximum + 2))
+        plausible.append(st.integers())
+    if f.kind == "string" and f.pattern:
+        plausible.append(st.from_regex(f.pattern, fullmatch=True).filter(lambda s: len(s) < 200))
+    if f.kind == "array" and f.items.kind == "object":
+        plausible.append(st.lists(st.dictionaries(st.sampled_from(["kind", "a", "b"]), JSONISH, max_size=3)
+                                  .map(lambda d: {"kind": "ClusterConfiguration", **d}), max_size=2))
+    if f.kind == "array" and f.items.pattern:
+        plausible.append(st.lists(st.from_regex(f.items.pattern, fullmatch=True), max_size=3))
+    return st.one_of(*plausible, JSONISH)
+
+
+CONFIG_DICTS = st.fixed_dictionaries({}, optional={
+    section: st.fixed_dictionaries({}, optional={key: _value_for(f) for key, f in fields.items()})
+    for section, fields in config.SPEC.items()
+})
+
+
+@FUZZ
+@given(data=CONFIG_DICTS, extra=st.dictionaries(st.sampled_from(["nope", "cluster"]), JSONISH, max_size=1))
+def test_fuzz_parse_valid_shaped_dicts(data, extra):
+    text = yaml.safe_dump({**data, **extra}, allow_unicode=True)
+    _outcome(lambda: config.parse(text, "x.yaml", base_dir="/nonexistent"))
+
+
+@settings(FUZZ, max_examples=30)
+@given(size=st.one_of(st.integers(min_value=0, max_value=3 * config.MAX_BYTES),
+                      st.integers(min_value=config.MAX_BYTES - 2, max_value=config.MAX_BYTES + 2)),
+       fill=st.sampled_from([b"#", b" ", b"\n", b"a"]))
+def test_fuzz_the_size_limit_holds_for_any_size(size, fill):
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "c.yaml"
+        p.write_bytes(fill * size)
+        out = _outcome(lambda: config.load(p))
+    too_big = [f"(top level): the file is larger than {config.MAX_BYTES} bytes; a config is a few kilobytes"]
+    assert (out == too_big) == (size > config.MAX_BYTES)
+
+
 # ---------------------------------------------------------------- python -m dindind check
 
 CHECK_CASES = {
@@ -463,7 +609,8 @@ CHECK_CASES = {
     "tag": (b"cluster: !!python/object/apply:os.system [echo hi]\n", "tags (!!python/object/apply:os.system)"),
     "tab": (b"cluster:\n\tname: x\n", "found character '\\t' that cannot start any token   in \"c.yaml\", line 2"),
     "list": (b"- a\n", "(top level): expected a mapping, got list"),
-    "range": (b"build: {source_date_epoch: 99999999999}\n", "build.source_date_epoch: 99999999999 is above the maximum"),
+    "range": (b"build: {source_date_epoch: 99999999999}\n",
+              "build.source_date_epoch: 99999999999 is above the maximum"),
     "dup": (b"cluster: {name: a, name: b}\n", "cluster.name: duplicate key (line 1)"),
 }
 
