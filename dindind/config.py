@@ -311,12 +311,13 @@ class _Loader(yaml.SafeLoader):
         event = self.peek_event()
         line = f"line {event.start_mark.line + 1}"
         if isinstance(event, yaml.AliasEvent):
-            raise _Refused(f"{line}: aliases (*{_show(event.anchor, 40)[1:-1]}) are not supported; "
+            # anchors and tags are printable ASCII (PyYAML's scanner allows no other characters)
+            raise _Refused(f"{line}: aliases (*{_cut(event.anchor, 40)}) are not supported; "
                            "write the value out")
         if event.tag is not None and event.tag not in ("tag:yaml.org,2002:str", "!"):
             tag = event.tag
             tag = f"!!{tag[18:]}" if tag.startswith("tag:yaml.org,2002:") else tag if tag[0] == "!" else f"!<{tag}>"
-            raise _Refused(f"{line}: tags ({_show(tag, 60)[1:-1]}) are not supported; "
+            raise _Refused(f"{line}: tags ({_cut(tag, 60)}) are not supported; "
                            "write plain values (quote a string)")
         self.depth += 1
         self.nodes += 1
@@ -355,13 +356,16 @@ def _printable(text, limit=500):
     return text if len(text) <= limit else f"{text[:limit]}..."
 
 
+def _cut(text, limit):
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
 def _show(value, limit=80):
     """repr() of a value for a problem line: escaped, and cut short."""
     if isinstance(value, int) and value.bit_length() > 64:
         # 0x/0b ints of any length parse, but str() refuses past 4300 digits
         return f"a {value.bit_length()}-bit number"
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+    return _cut(repr(value), limit)
 
 
 def _key(key):
