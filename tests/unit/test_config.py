@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from dindind import config
 from dindind.errors import ConfigError, DindindError, InputError
@@ -455,7 +457,9 @@ def _problems_or_none(text):
 
 # ---------------------------------------------------------------- fuzzing: Config or ConfigError, nothing else
 
-# no example database: nothing is written into the checkout
+# Nothing is written into the checkout: no example database, and hypothesis's caches
+# (constants of the modules under test, unicode tables) go to the temp dir, not ./.hypothesis
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / f"dindind-hypothesis-{os.getuid()}")
 FUZZ = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
