@@ -112,6 +112,9 @@ def test_an_alias_bomb_is_refused_at_the_first_alias():
 def test_a_merge_key_is_an_alias_too():
     text = "base: &b {suite: bookworm}\nnode:\n  <<: *b\n"
     assert _problems(text) == ["line 3: aliases (*b) are not supported; write the value out"]
+    # a merge of a plain mapping has no alias, and !!str is the one tag allowed
+    cfg = config.parse("cluster:\n  name: !!str 123\n  <<: {workers: 3}\nnode: {tag: !!str 1.2}\n", "x.yaml")
+    assert (cfg.cluster["name"], cfg.cluster["workers"], cfg.node["tag"]) == ("123", 3, "1.2")
 
 
 @pytest.mark.parametrize("text", [
@@ -155,6 +158,9 @@ def test_a_big_file_is_refused_before_it_is_read_whole(tmp_path, monkeypatch):
     problems = _problems(big)
     assert problems == [f"(top level): the file is larger than {config.MAX_BYTES} bytes; a config is a few kilobytes"]
     assert reads == [config.MAX_BYTES + 1]
+    exact = tmp_path / "exact.yaml"
+    exact.write_bytes(b"node: {preload: false}\n".ljust(config.MAX_BYTES, b" "))
+    assert config.load(exact).node["preload"] is False
 
 
 class _Proxy:
@@ -168,12 +174,6 @@ class _Proxy:
         self._f.close()
 
 
-def test_a_file_of_exactly_the_limit_is_read(tmp_path):
-    p = tmp_path / "c.yaml"
-    p.write_bytes(b"node: {preload: false}\n".ljust(config.MAX_BYTES, b" "))
-    assert config.load(p).node["preload"] is False
-
-
 def test_text_over_the_limit_is_refused_by_parse():
     assert _problems("#" * (config.MAX_BYTES + 1)) \
         == [f"(top level): the text is larger than {config.MAX_BYTES} bytes; a config is a few kilobytes"]
@@ -181,27 +181,19 @@ def test_text_over_the_limit_is_refused_by_parse():
         == [f"(top level): the text is larger than {config.MAX_BYTES} bytes; a config is a few kilobytes"]
 
 
-@pytest.mark.parametrize("data, offset, line", [
-    (b"node:\n  preload: \xff\n", 17, 2),
-    (b"\xfe\xff\x00n\x00o", 0, 1),                        # UTF-16
-    (b"cluster:\n  name: caf\xe9\n", 20, 2),            # Latin-1
-    (b"a: \xed\xa0\x80\n", 3, 1),                         # an encoded surrogate
-])
-def test_bytes_that_are_not_utf8_name_their_offset(tmp_path, data, offset, line):
+def test_bytes_that_are_not_utf8_name_their_offset(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_bytes(data)
-    (problem,) = _problems(p)
-    assert problem.startswith(f"line {line}: not UTF-8: byte 0x{data[offset]:02x} at offset {offset} ("), problem
-
-
-def test_a_utf8_byte_order_mark_is_fine(tmp_path):
-    p = tmp_path / "c.yaml"
-    p.write_bytes(b"\xef\xbb\xbfnode: {preload: false}\n")
+    for data, offset, line in [
+        (b"node:\n  preload: \xff\n", 17, 2),
+        (b"\xfe\xff\x00n\x00o", 0, 1),                        # UTF-16
+        (b"cluster:\n  name: caf\xe9\n", 20, 2),            # Latin-1
+        (b"a: \xed\xa0\x80\n", 3, 1),                         # an encoded surrogate
+    ]:
+        p.write_bytes(data)
+        (problem,) = _problems(p)
+        assert problem.startswith(f"line {line}: not UTF-8: byte 0x{data[offset]:02x} at offset {offset} ("), problem
+    p.write_bytes(b"\xef\xbb\xbfnode: {preload: false}\n")        # a UTF-8 byte order mark is fine
     assert config.load(p).node["preload"] is False
-
-
-def test_a_directory_is_a_config_error(tmp_path):
-    assert _problems(tmp_path) == ["cannot read the config file: Is a directory"]
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -209,11 +201,6 @@ def test_a_directory_is_a_config_error(tmp_path):
     ("a: 2020-01-01T25:00:00\n", "hour must be in 0..23"),
     ("a: " + "9" * 5000 + "\n", "cannot construct '99999999999999999999999999999999999999999999999999999999999...(5002 "
      "chars): Exceeds the limit (4300 digits)"),
-    ("a: =\n", "could not determine a constructor for the tag 'tag:yaml.org,2002:value'"),
-    ("cluster: {<<: [1]}\n", "expected a mapping for merging"),
-    ("? [1]\n: 2\n", "found unhashable key"),
-    ("a: 1\n---\nb: 2\n", "expected a single document"),
-    ("a: \x00\n", "special characters are not allowed"),
 ])
 def test_what_pyyaml_cannot_construct_is_invalid_yaml(text, needle):
     (problem,) = _problems(text)
@@ -271,11 +258,6 @@ def test_explicit_tags_are_refused(text, tag):
     assert _problems(text) == [f"line {line}: tags ({tag}) are not supported; write plain values (quote a string)"]
 
 
-def test_str_tags_and_merges_of_plain_mappings_are_fine():
-    cfg = config.parse("cluster:\n  name: !!str 123\n  <<: {workers: 3}\nnode: {tag: !!str 1.2}\n", "x.yaml")
-    assert (cfg.cluster["name"], cfg.cluster["workers"], cfg.node["tag"]) == ("123", 3, "1.2")
-
-
 def test_a_regex_too_deep_for_the_re_parser_is_a_problem():
     (problem,) = _problems("cluster:\n  e2e_skip: '" + "(" * 5000 + ")" * 5000 + "'\n")
     assert problem.startswith("cluster.e2e_skip: '" + "(" * 79 + "...(10002 chars) is not a usable regular "
@@ -321,24 +303,21 @@ def test_integer_keys_are_checked_against_their_range(key, f):
         == [f"{key}: {f.maximum + 1} is above the maximum {f.maximum}"]
 
 
-def test_the_epoch_fits_a_32_bit_time_t():
+def test_the_epoch_fits_a_32_bit_time_t(monkeypatch):
     # file mtimes on ext4 with 128-byte inodes or XFS without bigtime, gzip and ustar headers
     assert config.int_range("build.source_date_epoch") == (0, 2**31 - 1)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    cfg = config.parse("build: {source_date_epoch: 2147483647}", "x.yaml")
+    assert cfg.source_date_epoch == 2**31 - 1
+    for env, expected in [("0", 0), ("1234", 1234), ("2147483647", 2**31 - 1), ("0001700000000", 1700000000)]:
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", env)
+        assert cfg.source_date_epoch == expected
 
 
 @pytest.mark.parametrize("key", ["cluster.name", "cluster", "nope.workers", "cluster.nope", ""])
 def test_int_range_is_only_for_integer_keys(key):
     with pytest.raises(KeyError):
         config.int_range(key)
-
-
-@pytest.mark.parametrize("env, expected", [
-    ("0", 0), ("1234", 1234), ("2147483647", 2**31 - 1), ("0001700000000", 1700000000),
-])
-def test_source_date_epoch_from_the_environment(monkeypatch, env, expected):
-    cfg = config.load(config.DEFAULT_CONFIG)
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", env)
-    assert cfg.source_date_epoch == expected
 
 
 @pytest.mark.parametrize("env, problem", [
@@ -365,11 +344,6 @@ def test_a_malformed_source_date_epoch_is_an_error_not_ignored(monkeypatch, env,
     assert f"{problem}" in info.value.message and "from 0 to 2147483647" in info.value.message
     assert "\n" not in info.value.message and len(info.value.message) < 200
     assert "date +%s" in info.value.hint
-
-
-def test_without_the_environment_the_config_epoch_is_used(monkeypatch):
-    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-    assert config.parse("build: {source_date_epoch: 42}", "x.yaml").source_date_epoch == 42
 
 
 # ---------------------------------------------------------------- validators for task parameters
@@ -603,18 +577,17 @@ def test_fuzz_the_size_limit_holds_for_any_size(size, fill):
 
 # ---------------------------------------------------------------- python -m dindind check
 
+# what the old loader turned into a traceback, a hang or a wrong answer (missing files, lists and
+# duplicate keys were always one clear error: see the invalid-*.yaml fixtures)
 CHECK_CASES = {
-    "missing": (None, "cannot read the config file: No such file or directory"),
     "huge": (b"#" * 5_000_000, f"the file is larger than {config.MAX_BYTES} bytes"),
     "latin1": (b"cluster:\n  name: caf\xe9\n", "line 2: not UTF-8: byte 0xe9 at offset 20"),
     "bomb": (BOMB.encode(), "line 2: aliases (*a) are not supported"),
     "deep": (b"[" * 10000 + b"]" * 10000, "line 1: nested deeper than 20 levels"),
     "tag": (b"cluster: !!python/object/apply:os.system [echo hi]\n", "tags (!!python/object/apply:os.system)"),
     "tab": (b"cluster:\n\tname: x\n", "found character '\\t' that cannot start any token   in \"c.yaml\", line 2"),
-    "list": (b"- a\n", "(top level): expected a mapping, got list"),
     "range": (b"build: {source_date_epoch: 99999999999}\n",
               "build.source_date_epoch: 99999999999 is above the maximum"),
-    "dup": (b"cluster: {name: a, name: b}\n", "cluster.name: duplicate key (line 1)"),
 }
 
 
@@ -625,8 +598,7 @@ def test_check_prints_one_error_without_a_traceback(tmp_path, capsys, monkeypatc
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     data, needle = CHECK_CASES[case]
     p = tmp_path / "c.yaml"
-    if data is not None:
-        p.write_bytes(data)
+    p.write_bytes(data)
     assert main(["check", str(p)]) == 1
     out, err = capsys.readouterr()
     assert out == ""
