@@ -2,7 +2,7 @@
 
     python -m dindind engine        make sure a Docker engine answers (root)
     python -m dindind schema        print the config JSON Schema
-    python -m dindind check [PATH]  validate a config file
+    python -m dindind check [PATH]  validate a config file (and $SOURCE_DATE_EPOCH)
 """
 
 import json
@@ -21,6 +21,7 @@ def main(argv):
             print(json.dumps(config.json_schema(), indent=2))
         elif cmd == "check":
             cfg = config.load(argv[1] if len(argv) > 1 else None)
+            cfg.source_date_epoch       # a malformed $SOURCE_DATE_EPOCH fails the build: say so here
             print(f"{cfg.path}: ok")
         else:
             print(__doc__.strip())

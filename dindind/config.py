@@ -9,10 +9,21 @@ keeps the committed copy equal to it).
 Values are checked here, before any of them reaches a template: names,
 versions, URLs, digests, CIDRs and addresses are matched against strict
 patterns, so a value can never smuggle a newline into a systemd unit or a
-Dockerfile.
+Dockerfile. Every integer has a range.
+
+The file itself is treated as hostile before it is parsed: at most
+:data:`MAX_BYTES` are read, the bytes must be UTF-8, and the YAML is composed
+once, within :data:`MAX_DEPTH` levels and :data:`MAX_NODES` nodes, with no
+aliases (see :class:`_Loader`). Whatever the input, loading ends in a Config or
+one ConfigError.
+
+:func:`check_name`, :func:`parse_int` and :func:`int_range` are the same rules
+for values that arrive another way (task parameters, the environment).
 """
 
 import ipaddress
+import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,7 +32,7 @@ from types import MappingProxyType
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, DindindError, InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
@@ -32,11 +43,22 @@ REPO_RE = r"^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-
 TAG_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 IMAGE_REF_RE = r"^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
+NAME_FMT = "lowercase letters, digits and '-' (at most 32 characters, starting and ending with a letter or digit)"
 SHA256_RE = r"^[0-9a-f]{64}$"
 URL_RE = r"^(https?|file)://[^\s\"'<>\\]+$"
 SUITE_RE = r"^[a-z]+$"
 PKG_RE = r"^[a-z0-9][a-z0-9+.-]+$"
 ARG_RE = r"^--[a-z0-9-]+=[^\s\"'\\]*$"
+
+
+# The build epoch becomes file mtimes (os.utime on the staged .deb trees), tar
+# headers (ustar: 11 octal digits, up to 8**11-1), ar headers in the .deb (12
+# decimal digits), gzip headers (32 bits unsigned) and the image's `created`
+# (RFC 3339, up to year 9999). The smallest of what they all store exactly is a
+# signed 32-bit time_t: ext4 with 128-byte inodes and XFS without bigtime clamp
+# anything later, silently, and the build would no longer be reproducible. A
+# source date is in the past, so 2038-01-19 is no real limit.
+EPOCH_MAX = 2**31 - 1
 
 
 class Field:
@@ -79,11 +101,14 @@ def _relpath(value):
     return None
 
 
-def _regex(value):
+def check_regex(value):
+    """None if ``value`` is a usable regular expression, else what is wrong with it."""
     try:
         re.compile(value)
     except re.error as exc:
         return f"is not a valid regular expression ({exc})"
+    except (OverflowError, RecursionError) as exc:    # a{99999999999}; (((...))) thousands deep
+        return f"is not a usable regular expression ({exc})"
     return _relpath(value)
 
 
@@ -91,11 +116,39 @@ KUBEADM_KINDS = ("ClusterConfiguration", "InitConfiguration", "JoinConfiguration
                  "KubeProxyConfiguration")
 
 
+def _plain_json(value, where="value"):
+    """None, or what in ``value`` is not plain JSON (strings, finite numbers, booleans, null,
+    lists, mappings with string keys): YAML can also give dates, sets and bytes."""
+    if isinstance(value, str):
+        return None if _encodable(value) else f"{where}: {_show(value)} is not valid Unicode (a lone surrogate escape)"
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if value.bit_length() <= 64 else f"{where}: {_show(value)} is too large"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where}: {value} is not a finite number"
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if msg := _plain_json(item, f"{where}[{i}]"):
+                return msg
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where}: key {_show(key)} is not a string (quote it)"
+            if not _encodable(key):
+                return f"{where}: key {_show(key)} is not valid Unicode (a lone surrogate escape)"
+            if msg := _plain_json(item, f"{where}.{_key(key)}"):
+                return msg
+        return None
+    return f"{where}: {type(value).__name__} {_show(value)} is not plain JSON (quote it)"
+
+
 def _kubeadm_patch(value):
     if value.get("kind") not in KUBEADM_KINDS:
         return f"needs a kind: one of {', '.join(KUBEADM_KINDS)}"
-    import json
-
+    if msg := _plain_json(value, "patch"):
+        return msg
     if any(ch in json.dumps(value) for ch in ("\\n", "\\u0000")):
         return "must not contain newlines"
     return None
@@ -147,7 +200,7 @@ SPEC = {
         "tag": Field("string", None, nullable=True, pattern=TAG_RE, fmt="a docker tag"),
         "compression": Field("string", "zstd", enum=["zstd", "none"],
                              doc="how the node image is stored inside the cluster image"),
-        "name": Field("string", "dindind", pattern=NAME_RE, fmt="lowercase letters, digits and '-', at most 32",
+        "name": Field("string", "dindind", pattern=NAME_RE, fmt=NAME_FMT,
                       doc="the default cluster name"),
         "workers": Field("integer", 2, minimum=0, maximum=10),
         "nested": Field("boolean", True, doc="run the nodes inside the top-level container"),
@@ -167,13 +220,13 @@ SPEC = {
                       doc="seconds cluster:up waits for every node to be Ready (0: return once containers are up)"),
         "e2e_parallel": Field("integer", 1, minimum=1, maximum=32, doc="parallel ginkgo nodes for cluster:e2e"),
         "e2e_flake_attempts": Field("integer", 1, minimum=1, maximum=5),
-        "e2e_skip": Field("string", None, nullable=True, check=_regex,
+        "e2e_skip": Field("string", None, nullable=True, check=check_regex,
                           doc="regex of e2e tests to skip (default: dindind's list of unsupported tests)"),
     },
     "build": {
-        "source_date_epoch": Field("integer", 1700000000, minimum=0,
-                                   doc="timestamp for reproducible debs and layers "
-                                       "(the environment's SOURCE_DATE_EPOCH wins)"),
+        "source_date_epoch": Field("integer", 1700000000, minimum=0, maximum=EPOCH_MAX,
+                                   doc="timestamp for reproducible debs and layers, seconds since 1970 up to "
+                                       "2038-01-19 (the environment's SOURCE_DATE_EPOCH wins)"),
         "download_timeout": Field("integer", 1800, minimum=1, maximum=86400,
                                   doc="seconds one download (release tarball, CNI tgz) may take in all, "
                                       "retries included"),
@@ -184,7 +237,150 @@ SPEC = {
 }
 
 
+# ---------------------------------------------------------------- shared rules
+
+def int_range(key):
+    """(minimum, maximum) of the integer key ``section.name`` in SPEC, for options that set it too."""
+    section, _, name = key.partition(".")
+    f = SPEC.get(section, {}).get(name)
+    if f is None or f.kind != "integer":
+        raise KeyError(f"{key} is not an integer key of the config")
+    return f.minimum, f.maximum
+
+
+_INT_RE = re.compile(r"-?[0-9]+")   # ASCII digits: int() would also take " 3", "+3", "1_000" and "٣"
+
+
+def parse_int(value, what, minimum, maximum, hint=None):
+    """``value`` (a string from a command line or the environment, or an int) as an int
+    from ``minimum`` to ``maximum``; else a DindindError naming ``what`` and the range."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _INT_RE.fullmatch(value):
+        digits = value.lstrip("-").lstrip("0")
+        # a number with more digits than both bounds is out of range; don't convert 10**5000
+        number = int(value) if len(digits) <= len(str(max(abs(minimum), abs(maximum)))) else None
+    else:
+        raise DindindError(f"{what}: {_show(value)} is not a whole number from {minimum} to {maximum}", hint=hint)
+    if number is None or not minimum <= number <= maximum:
+        raise DindindError(f"{what}: {_show(value)} is out of range: use a whole number from {minimum} to {maximum}",
+                           hint=hint)
+    return number
+
+
+def check_name(value, what="cluster name"):
+    """``value`` if it is a valid name (NAME_RE: the one rule for cluster names, which become
+    container names, labels, hostnames and paths), else a DindindError."""
+    if not isinstance(value, str) or not re.fullmatch(NAME_RE, value):
+        raise DindindError(f"invalid {what} {_show(value)}", hint=f"use {NAME_FMT}")
+    return value
+
+
 # ---------------------------------------------------------------- decoding
+
+MAX_BYTES = 1 << 20     # a config is a few kilobytes; the size is checked before anything is parsed
+MAX_DEPTH = 20          # the deepest real config (a kubeadm patch) nests about 8 levels
+MAX_NODES = 10_000      # scalars, sequences and mappings together; the default config has ~60
+
+
+class _Refused(Exception):
+    """A limit of :class:`_Loader` was hit; the message is one problem line."""
+
+
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader that refuses what a config never needs before it costs anything.
+
+    Aliases (``*name``) are refused outright, at the event that names them,
+    rather than counted against a budget: a config has no repeated structure
+    worth sharing, and every alias turns the tree into a graph that each later
+    walk (duplicate keys, validation, JSON of the kubeadm patches, the
+    release's digest of the config) would expand again - the "billion laughs".
+    With no aliases the composed tree is exactly as big as the text, and it is
+    capped at MAX_NODES nodes and MAX_DEPTH levels while it is being composed,
+    so PyYAML's recursive composer never recurses deeper than MAX_DEPTH.
+
+    Explicit tags are refused too (``!!str`` aside, the one way to say "this
+    is a string" besides quotes): a config needs none of ``!!python/...``,
+    ``!!binary``, ``!!set`` or ``!!timestamp``, and each is another
+    constructor and another Python type to get wrong downstream.
+
+    Whatever else PyYAML lets out of its constructors (ValueError for
+    ``2020-13-45``, a timestamp with month 13) becomes a ConstructorError
+    carrying the node's position.
+    """
+
+    def __init__(self, text):
+        super().__init__(text)
+        self.depth = 0
+        self.nodes = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = f"line {event.start_mark.line + 1}"
+        if isinstance(event, yaml.AliasEvent):
+            # anchors and tags are printable ASCII (PyYAML's scanner allows no other characters)
+            raise _Refused(f"{line}: aliases (*{_cut(event.anchor, 40)}) are not supported; "
+                           "write the value out")
+        if event.tag is not None and event.tag not in ("tag:yaml.org,2002:str", "!"):
+            tag = event.tag
+            tag = f"!!{tag[18:]}" if tag.startswith("tag:yaml.org,2002:") else tag if tag[0] == "!" else f"!<{tag}>"
+            raise _Refused(f"{line}: tags ({_cut(tag, 60)}) are not supported; "
+                           "write plain values (quote a string)")
+        self.depth += 1
+        self.nodes += 1
+        if self.depth > MAX_DEPTH:
+            raise _Refused(f"{line}: nested deeper than {MAX_DEPTH} levels")
+        if self.nodes > MAX_NODES:
+            raise _Refused(f"{line}: more than {MAX_NODES} values; a config is much smaller")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:    # noqa: BLE001 - only PyYAML's constructors run in here
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot construct {_show(node.value, 60)}: {exc}", node.start_mark) from None
+
+
+def _encodable(text):
+    """False for a string with lone surrogates ("\\ud800" in a YAML double-quoted string): it
+    cannot be written to any file."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text, limit=500):
+    """An error text from PyYAML as one printable line: its snippet of the file is not escaped."""
+    text = "".join(c if c.isprintable() else (" " if c == "\n" else repr(c)[1:-1]) for c in text)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _cut(text, limit):
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
+def _show(value, limit=80):
+    """repr() of a value for a problem line: escaped, and cut short."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        # 0x/0b ints of any length parse, but str() refuses past 4300 digits
+        return f"a {value.bit_length()}-bit number"
+    return _cut(repr(value), limit)
+
+
+def _key(key):
+    """A mapping key as it appears in a key path: plain if it is a plain name, else quoted and cut short."""
+    if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key):
+        return key
+    return _show(key, 40)
+
 
 def _duplicates(node, path=""):
     """(key path, line) of every key repeated within one mapping of a composed YAML tree."""
@@ -193,7 +389,7 @@ def _duplicates(node, path=""):
         seen = set()
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
-            keypath = f"{path}.{key}" if path else key
+            keypath = f"{path}.{_key(key)}" if path else _key(key)
             if key in seen:
                 found.append((keypath, key_node.start_mark.line + 1))
             seen.add(key)
@@ -204,12 +400,36 @@ def _duplicates(node, path=""):
     return found
 
 
-def _decode(path, text):
+def _text(path, data):
+    """The config bytes as text, after the size and encoding checks."""
+    if len(data) > MAX_BYTES:
+        raise ConfigError(path, [f"(top level): the file is larger than {MAX_BYTES} bytes; "
+                                 "a config is a few kilobytes"])
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(path, [f"line {line}: not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} "
+                                 f"({exc.reason})"]) from None
+
+
+def _decode(path, text):
+    """(data, problems): compose the text once, within the limits, and construct from that tree."""
+    if len(text) > MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise ConfigError(path, [f"(top level): the text is larger than {MAX_BYTES} bytes; "
+                                 "a config is a few kilobytes"])
+    try:
+        loader = _Loader(text)      # the reader refuses control characters right here
+        loader.name = path.name     # marks say 'in "config.yaml", line 2', not '"<unicode string>"'
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except _Refused as exc:
+        raise ConfigError(path, [str(exc)]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(path, [f"not valid YAML: {exc}".replace("\n", " ")]) from None
+        raise ConfigError(path, [f"not valid YAML: {_printable(str(exc))}"]) from None
     problems = [f"{keypath}: duplicate key (line {line})" for keypath, line in _duplicates(node)]
     return data, problems
 
@@ -225,6 +445,9 @@ def _type_ok(kind, value):
 
 
 def _check_value(keypath, f, value, problems):
+    if isinstance(value, str) and not _encodable(value):
+        problems.append(f"{keypath}: {_show(value)} is not valid Unicode (a lone surrogate escape)")
+        return None
     if value is None:
         if f.nullable:
             return None
@@ -232,22 +455,22 @@ def _check_value(keypath, f, value, problems):
         return None
     if not _type_ok(f.kind, value):
         quote = " (quote it in YAML)" if f.kind == "string" and isinstance(value, (int, float)) else ""
-        problems.append(f"{keypath}: expected {f.kind}, got {type(value).__name__} {value!r}{quote}")
+        problems.append(f"{keypath}: expected {f.kind}, got {type(value).__name__} {_show(value)}{quote}")
         return None
     if f.kind == "string":
         if f.enum and value not in f.enum:
-            problems.append(f"{keypath}: {value!r} is not one of {', '.join(f.enum)}")
+            problems.append(f"{keypath}: {_show(value)} is not one of {', '.join(f.enum)}")
         elif f.pattern and not re.fullmatch(f.pattern, value):
-            problems.append(f"{keypath}: {value!r} is not {f.fmt or 'valid'}")
+            problems.append(f"{keypath}: {_show(value)} is not {f.fmt or 'valid'}")
         elif f.check and (msg := f.check(value)):
-            problems.append(f"{keypath}: {value!r} {msg}")
+            problems.append(f"{keypath}: {_show(value)} {msg}")
     elif f.kind == "object" and f.check and (msg := f.check(value)):
         problems.append(f"{keypath}: {msg}")
     elif f.kind == "integer":
         if f.minimum is not None and value < f.minimum:
-            problems.append(f"{keypath}: {value} is below the minimum {f.minimum}")
+            problems.append(f"{keypath}: {_show(value)} is below the minimum {f.minimum}")
         if f.maximum is not None and value > f.maximum:
-            problems.append(f"{keypath}: {value} is above the maximum {f.maximum}")
+            problems.append(f"{keypath}: {_show(value)} is above the maximum {f.maximum}")
     elif f.kind == "array":
         out = []
         for i, item in enumerate(value):
@@ -265,7 +488,7 @@ def _validate_shape(data, problems):
         data = {}
     for key in data:
         if key not in SPEC:
-            problems.append(f"{key}: unknown key (known: {', '.join(SPEC)})")
+            problems.append(f"{_key(key)}: unknown key (known: {', '.join(SPEC)})")
     for section, fields in SPEC.items():
         raw = data.get(section, {})
         if raw is None:
@@ -275,7 +498,7 @@ def _validate_shape(data, problems):
             raw = {}
         for key in raw:
             if key not in fields:
-                problems.append(f"{section}.{key}: unknown key (known: {', '.join(fields)})")
+                problems.append(f"{section}.{_key(key)}: unknown key (known: {', '.join(fields)})")
         sec = {}
         for key, f in fields.items():
             if key in raw:
@@ -286,15 +509,21 @@ def _validate_shape(data, problems):
     return values
 
 
+def _exists(path, kind):
+    """path.is_dir() / is_file(), False also for a name the OS refuses (NUL, too long, a loop)."""
+    try:
+        return getattr(path, kind)()
+    except (OSError, ValueError):
+        return False
+
+
 def _cross_check(v, base_dir, problems):
     k = v["kubernetes"]
     if k["source"] == "dir":
         if not k["path"]:
             problems.append("kubernetes.path: required when kubernetes.source is dir")
-        else:
-            tree = (base_dir / k["path"]).resolve()
-            if not (tree / "kubernetes").is_dir():
-                problems.append(f"kubernetes.path: {tree} has no kubernetes/ folder")
+        elif not _exists(base_dir / k["path"] / "kubernetes", "is_dir"):
+            problems.append(f"kubernetes.path: {_show(str(base_dir / k['path']))} has no kubernetes/ folder")
     if k["source"] == "release":
         for key in ("server_url", "server_sha256", "test_url", "test_sha256"):
             if not k[key]:
@@ -304,8 +533,8 @@ def _cross_check(v, base_dir, problems):
             continue
         if k["source"] == "sample":
             problems.append(f"kubernetes.extra_images[{i}]: the sample source generates its own extra images")
-        elif not (base_dir / img).is_file():
-            problems.append(f"kubernetes.extra_images[{i}]: {base_dir / img} does not exist")
+        elif not _exists(base_dir / img, "is_file"):
+            problems.append(f"kubernetes.extra_images[{i}]: {_show(str(base_dir / img))} does not exist")
     if v["cni"]["source"] == "tgz":
         for key in ("url", "sha256"):
             if not v["cni"][key]:
@@ -354,10 +583,19 @@ class Config:
 
     @property
     def source_date_epoch(self):
+        """The build epoch: $SOURCE_DATE_EPOCH when it is set, else build.source_date_epoch.
+
+        As the reproducible-builds spec asks, a set but malformed value (empty,
+        not ASCII digits, out of range) is an InputError, never ignored.
+        """
         env = os.environ.get("SOURCE_DATE_EPOCH")
-        if env and env.isdigit():
-            return int(env)
-        return int(self.build["source_date_epoch"])
+        if env is None:
+            return int(self.build["source_date_epoch"])
+        try:
+            return parse_int(env, "SOURCE_DATE_EPOCH", *int_range("build.source_date_epoch"))
+        except DindindError as exc:
+            raise InputError(exc.message, hint="set it to seconds since 1970 (date +%s), or unset it to use "
+                                               "build.source_date_epoch") from None
 
 
 def _plain(v):
@@ -390,10 +628,11 @@ def load(path=None):
     path = path or os.environ.get("DINDIND_CONFIG") or DEFAULT_CONFIG
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)    # never the whole of a huge file (or of /dev/zero)
     except OSError as exc:
         raise ConfigError(path, [f"cannot read the config file: {exc.strerror}"]) from None
-    return parse(text, path)
+    return parse(_text(path, data), path)
 
 
 # ---------------------------------------------------------------- JSON Schema
