@@ -6,7 +6,8 @@ Pure values: no I/O. Everything dindind writes is under ``artifacts/``.
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ROOT
+from .config import ROOT, check_name
+from .errors import DindindError
 
 COMPONENT_IMAGES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy")
 SERVER_BINARIES = ("kubelet", "kubeadm", "kubectl") + COMPONENT_IMAGES
@@ -24,6 +25,20 @@ def deb_version(version):
     core, plus, meta = v.partition("+")
     core = core.replace("-", "~", 1).replace("-", ".")
     return f"{core}{plus}{meta}-1"
+
+
+def inside(root, path):
+    """``path``, after checking that it resolves (links followed) to somewhere strictly inside ``root``.
+
+    Called before anything is written or removed at a path built from a user
+    value, so that no later bug in a name rule can reach outside ``root``.
+    """
+    real_root = Path(root).resolve()
+    real = Path(path).resolve()
+    if real == real_root or not real.is_relative_to(real_root):
+        raise DindindError(f"refusing to touch {path}: it is not inside {root}",
+                           hint="a name or path given to dindind must stay inside its folder")
+    return Path(path)
 
 
 @dataclass(frozen=True)
@@ -84,13 +99,13 @@ class Layout:
     def clusters(self):
         return self.artifacts / "clusters"
 
+    def cluster(self, name):
+        """artifacts/clusters/<name>: the name checked by the one name rule, the path kept inside."""
+        return inside(self.clusters, self.clusters / check_name(name, "cluster name"))
+
     @property
     def release(self):
         return self.artifacts / "release"
-
-    @property
-    def dep_file(self):
-        return self.artifacts / ".doit.db"
 
     @property
     def lock(self):

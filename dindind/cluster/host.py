@@ -18,7 +18,7 @@ import socket
 import tarfile
 import time
 
-from .. import engine, fsutil
+from .. import config, engine, fsutil
 from ..errors import DindindError, InputError
 from . import api, create, plan as plan_mod
 from .actions import waitready
@@ -40,8 +40,13 @@ def top_name(name):
     return f"dindind-{name}"
 
 
+def cluster_name(cfg, name=None):
+    """The cluster name given, or the config's; checked by the one name rule."""
+    return config.check_name(name or cfg.cluster["name"], "cluster name")
+
+
 def cluster_dir(layout, name):
-    return layout.clusters / name
+    return layout.cluster(name)
 
 
 def kubeconfig_path(layout, name):
@@ -59,19 +64,14 @@ def _stamp(layout, which):
 def settings_for(cfg, layout, name=None, workers=None, retain=False, wait=None):
     node = _stamp(layout, "node")
     c = cfg.cluster
-    name = name or c["name"]
-    if not __import__("re").fullmatch(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?", name):
-        raise DindindError(f"invalid cluster name {name!r}",
-                           hint="use lowercase letters, digits and '-', at most 32 characters")
-    workers = c["workers"] if workers is None else int(workers)
-    if not 0 <= workers <= 10:
-        raise DindindError(f"--workers {workers} is out of range", hint="use 0 to 10 workers")
+    name = cluster_name(cfg, name)
+    workers = c["workers"] if workers is None else workers
     return plan_mod.Settings(
         name=name, workers=workers, node_image=node["tags"][0], kubernetes_version=node["kubernetes_version"],
         pod_subnet=c["pod_subnet"], service_subnet=c["service_subnet"], node_subnet=c["node_subnet"],
         api_address=c["api_address"], api_port=c["api_port"], cni=c["cni"],
         kubelet_extra_args=tuple(c["kubelet_extra_args"]), kubeadm_patches=tuple(c["kubeadm_patches"]),
-        wait=c["wait"] if wait is None else int(wait), retain=bool(retain))
+        wait=c["wait"] if wait is None else wait, retain=bool(retain))
 
 
 def _in_use(name):
@@ -208,7 +208,7 @@ def _remove(created):
 
 def down(cfg, layout, name=None, out=print):
     """Remove every container, volume and network labelled with the cluster name."""
-    name = name or cfg.cluster["name"]
+    name = cluster_name(cfg, name)
     label = {plan_mod.CLUSTER_LABEL: name}
     found = engine.containers(label)
     for c in found:
@@ -308,7 +308,7 @@ def logs(cfg, layout, name=None, out=print):
     """Collect docker inspect, kubelet/containerd journals and /var/log of every node."""
     import base64
 
-    name = name or cfg.cluster["name"]
+    name = cluster_name(cfg, name)
     sh = Shell(name)
     dest = cluster_dir(layout, name) / "logs"
     with fsutil.atomic_dir(dest) as tmp:
@@ -342,7 +342,7 @@ def logs(cfg, layout, name=None, out=print):
 
 def load(cfg, layout, image, name=None, out=print):
     """Import a host image into every node's containerd (k8s.io namespace)."""
-    name = name or cfg.cluster["name"]
+    name = cluster_name(cfg, name)
     if not image:
         raise DindindError("no image given", hint="doit cluster:load --image IMAGE [--name NAME]")
     if engine.image_id(image) is None:
@@ -372,11 +372,11 @@ def load(cfg, layout, image, name=None, out=print):
 
 def e2e(cfg, layout, name=None, focus=None, skip=None, parallel=None, flake_attempts=None, out=print):
     """Run e2e.test under ginkgo against the cluster; JUnit XML into artifacts/clusters/<name>/e2e/."""
-    name = name or cfg.cluster["name"]
+    name = cluster_name(cfg, name)
     c = cfg.cluster
     skip = skip or c["e2e_skip"] or DEFAULT_E2E_SKIP
-    parallel = int(parallel or c["e2e_parallel"])
-    attempts = int(flake_attempts or c["e2e_flake_attempts"])
+    parallel = parallel or c["e2e_parallel"]
+    attempts = flake_attempts or c["e2e_flake_attempts"]
     sh = Shell(name)
     dest = cluster_dir(layout, name) / "e2e"
     args = [f"--nodes={parallel}", f"--flake-attempts={attempts}", f"--skip={skip}"]

@@ -6,10 +6,59 @@ so ``doit list`` shows every verb with its help line, and there is no
 """
 
 
-from ..tasks import load_inputs as _ctx
-from ..tasks import action
+from doit.cmdparse import CmdParseError
 
-NAME = {"name": "name", "long": "name", "type": str, "default": "",
+from .. import config as config_mod
+from ..errors import DindindError
+from ..tasks import action
+from ..tasks import load_inputs as _ctx
+
+
+def _param(check):
+    """A doit parameter type: ``check(text)`` or one clear line from doit, before any task runs."""
+
+    def convert(text):
+        try:
+            return check(text)
+        except DindindError as exc:
+            raise CmdParseError(exc.message + (f"; {exc.hint}" if exc.hint else "")) from None
+
+    convert.__name__ = check.__name__
+    return convert
+
+
+def _name(text):
+    return config_mod.check_name(text, "--name") if text else ""
+
+
+def _int_option(option, key):
+    low, high = config_mod.int_range(key)
+
+    def number(text):
+        return config_mod.parse_int(text, option, low, high)
+
+    number.__name__ = option.lstrip("-")
+    return _param(number)
+
+
+def _pattern_option(option):
+    def regex(text):
+        problem = config_mod.check_regex(text) if text else None
+        if problem:
+            raise DindindError(f"{option} {text!r} {problem}", hint="give a Go/RE2-style regular expression")
+        return text
+
+    regex.__name__ = option.lstrip("-")
+    return _param(regex)
+
+
+def _image(text):
+    if text and not config_mod.re.fullmatch(config_mod.IMAGE_REF_RE, text):
+        raise DindindError(f"--image {text!r} is not an image reference", hint="e.g. --image busybox:latest")
+    return text
+
+
+NAME = {"name": "name", "long": "name", "type": _param(_name), "default": "",
         "help": "cluster name (default: cluster.name from the config, 'dindind')"}
 
 
@@ -18,7 +67,7 @@ def do_up(config_path, root, name, workers, retain, wait):
     from . import host
 
     cfg, lay = _ctx(config_path, root)
-    host.up(cfg, lay, name or None, None if workers == "" else workers, retain, None if wait == "" else wait)
+    host.up(cfg, lay, name or None, workers, retain, wait)
 
 
 @action
@@ -39,12 +88,12 @@ def do_status():
 @action
 def do_kubeconfig(config_path, root, name):
     from . import host
-    from ..errors import DindindError
 
     cfg, lay = _ctx(config_path, root)
-    path = host.kubeconfig_path(lay, name or cfg.cluster["name"])
+    name = host.cluster_name(cfg, name)
+    path = host.kubeconfig_path(lay, name)
     if not path.exists():
-        raise DindindError(f"no kubeconfig for cluster {name or cfg.cluster['name']!r} at {path}",
+        raise DindindError(f"no kubeconfig for cluster {name!r} at {path}",
                            hint="bring it up with `doit cluster:up`")
     print(path)
 
@@ -70,7 +119,7 @@ def do_e2e(config_path, root, name, focus, skip, parallel, flake_attempts):
     from . import host
 
     cfg, lay = _ctx(config_path, root)
-    host.e2e(cfg, lay, name or None, focus or None, skip or None, parallel or None, flake_attempts or None)
+    host.e2e(cfg, lay, name or None, focus or None, skip or None, parallel, flake_attempts)
 
 
 def cluster_tasks(config_path, root):
@@ -79,11 +128,13 @@ def cluster_tasks(config_path, root):
     yield {"basename": "cluster:up", "doc": "bring up a cluster: --name N --workers K [--retain] [--wait SECONDS]",
            "actions": [(do_up, args)], "task_dep": ["build"], **common,
            "params": [NAME,
-                      {"name": "workers", "long": "workers", "type": str, "default": "",
+                      {"name": "workers", "long": "workers", "type": _int_option("--workers", "cluster.workers"),
+                       "default": None,
                        "help": "worker nodes (default: cluster.workers, 2)"},
                       {"name": "retain", "long": "retain", "type": bool, "default": False,
                        "help": "keep what was created when bring-up fails"},
-                      {"name": "wait", "long": "wait", "type": str, "default": "",
+                      {"name": "wait", "long": "wait", "type": _int_option("--wait", "cluster.wait"),
+                       "default": None,
                        "help": "seconds to wait for Ready (0: return once the containers are up)"}]}
     yield {"basename": "cluster:down", "doc": "remove a cluster: its containers, volumes and network (--name N)",
            "actions": [(do_down, args)], "params": [NAME], **common}
@@ -96,16 +147,18 @@ def cluster_tasks(config_path, root):
            "actions": [(do_logs, args)], "params": [NAME], **common}
     yield {"basename": "cluster:load", "doc": "import a host image into every node's containerd (--image IMG)",
            "actions": [(do_load, args)], **common,
-           "params": [NAME, {"name": "image", "long": "image", "type": str, "default": "",
+           "params": [NAME, {"name": "image", "long": "image", "type": _param(_image), "default": "",
                              "help": "the image to load"}]}
     yield {"basename": "cluster:e2e",
            "doc": "run e2e.test under ginkgo in the cluster; JUnit XML into artifacts/clusters/<name>/e2e",
            "actions": [(do_e2e, args)], **common,
            "params": [NAME,
-                      {"name": "focus", "long": "focus", "type": str, "default": "", "help": "ginkgo focus regex"},
-                      {"name": "skip", "long": "skip", "type": str, "default": "",
+                      {"name": "focus", "long": "focus", "type": _pattern_option("--focus"), "default": "", "help": "ginkgo focus regex"},
+                      {"name": "skip", "long": "skip", "type": _pattern_option("--skip"), "default": "",
                        "help": "ginkgo skip regex (default: cluster.e2e_skip or dindind's list)"},
-                      {"name": "parallel", "long": "parallel", "type": str, "default": "",
+                      {"name": "parallel", "long": "parallel",
+                       "type": _int_option("--parallel", "cluster.e2e_parallel"), "default": None,
                        "help": "parallel ginkgo nodes"},
-                      {"name": "flake_attempts", "long": "flake-attempts", "type": str, "default": "",
+                      {"name": "flake_attempts", "long": "flake-attempts",
+                       "type": _int_option("--flake-attempts", "cluster.e2e_flake_attempts"), "default": None,
                        "help": "attempts per failing test"}]}

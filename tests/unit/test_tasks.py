@@ -43,3 +43,57 @@ def test_lock_follows_task_dep_and_setup():
     assert tasks.needs_build_lock({"x": Task("x", None, task_dep=["y"]), "y": y}, ["x"])
     assert tasks.needs_build_lock({"x": Task("x", None, setup=["y"]), "y": y}, ["x"])
     assert not tasks.needs_build_lock({"x": Task("x", None, task_dep=["z"]), "z": Task("z", None)}, ["x"])
+
+
+# ------------------------------------------------------------------ task parameters: one clear line, nothing created
+
+BAD_PARAMS = [
+    (["cluster:up", "--workers", "abc"], "--workers: 'abc' is not a whole number from 0 to 10"),
+    (["cluster:up", "--workers", "11"], "--workers: '11' is out of range"),
+    (["cluster:up", "--wait", "-5"], "--wait: '-5' is out of range"),
+    (["cluster:down", "--name", "../.."], "invalid --name '../..'"),
+    (["cluster:down", "--name", "/etc"], "invalid --name '/etc'"),
+    (["cluster:kubeconfig", "--name", "a/../../b"], "invalid --name"),
+    (["cluster:logs", "--name", "Upper"], "invalid --name 'Upper'"),
+    (["cluster:load", "--image", "Bad:IMG"], "--image 'Bad:IMG' is not an image reference"),
+    (["cluster:e2e", "--focus", "("], "--focus '(' is not a valid regular expression"),
+    (["cluster:e2e", "--parallel", "0"], "--parallel: '0' is out of range"),
+    (["cluster:e2e", "--flake-attempts", "1e3"], "--flake-attempts: '1e3' is not a whole number"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_PARAMS, ids=[" ".join(a) for a, _ in BAD_PARAMS])
+def test_bad_task_parameters_are_one_line_before_anything_runs(tmp_path, args, message):
+    from conftest import copy_project, doit
+
+    proj = copy_project(tmp_path / "p")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    r = doit(proj, *args, check=False)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr + r.stdout
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ERROR: ") and message in lines[0], r.stderr
+    assert r.stdout.strip() == ""                        # no task ran
+    # nothing created but doit's own dependency database (opened before options are parsed); not even the lock
+    assert [p.name for p in (proj / "artifacts").iterdir()] in ([], [".doit.db"])
+    assert (outside / "keep").read_text() == "x"
+
+
+def test_cluster_paths_stay_inside_artifacts_clusters(tmp_path):
+    from dindind.errors import DindindError
+    from dindind.layout import Layout, inside
+
+    lay = Layout(tmp_path)
+    assert lay.cluster("demo") == tmp_path / "artifacts" / "clusters" / "demo"
+    for bad in ("../..", "/etc", "..", "", "a/b", "x" * 40):
+        with pytest.raises(DindindError):
+            lay.cluster(bad)
+    # a name that passes the rule but whose folder is a link out is refused as well
+    (tmp_path / "artifacts" / "clusters").mkdir(parents=True)
+    (tmp_path / "artifacts" / "clusters" / "evil").symlink_to(tmp_path)
+    with pytest.raises(DindindError, match="not inside"):
+        lay.cluster("evil")
+    with pytest.raises(DindindError, match="not inside"):
+        inside(tmp_path / "artifacts", tmp_path / "artifacts")
