@@ -14,8 +14,8 @@ from pathlib import Path
 from doit import get_var, task_params
 
 from dindind import tasks
-from dindind.config import ROOT
-from dindind.errors import DindindError
+from dindind.base.config import ROOT
+from dindind.base.errors import DindindError
 
 CONFIG = get_var("config", None) or os.environ.get("DINDIND_CONFIG")
 DOIT_CONFIG = {"reporter": tasks.Reporter, "default_tasks": ["build"]}
@@ -24,7 +24,7 @@ DOIT_CONFIG = {"reporter": tasks.Reporter, "default_tasks": ["build"]}
 # only when the run includes a task that writes build artifacts.
 try:
     _BUILD = list(tasks.build_tasks(CONFIG, ROOT))
-    from dindind.cluster import tasks as cluster_tasks
+    from dindind.tasks import cluster as cluster_tasks
 
     _CLUSTER = list(cluster_tasks.cluster_tasks(CONFIG, ROOT))
 except DindindError as _exc:

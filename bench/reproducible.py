@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import copy_project  # noqa: E402  (one project copier for tests and benchmarks)
 sys.path.insert(0, str(ROOT))
-from dindind import engine, fsutil  # noqa: E402
+from dindind.docker import engine  # noqa: E402
+from dindind.base import fsutil  # noqa: E402
 
 REPOS = {"base": "dindind-test/repro-base", "node": "dindind-test/repro-node", "cluster": "dindind-test/repro-cluster"}
 EPOCH = 1700000000

@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass, field
 
-from .. import engine
-from .status import Status
+from dindind.docker import engine
+from dindind.cluster.status import Status
 
 
 @dataclass

@@ -18,11 +18,12 @@ import socket
 import tarfile
 import time
 
-from .. import config, engine, fsutil
-from ..errors import DindindError, InputError
-from . import api, create, plan as plan_mod
-from .actions import waitready
-from .status import Status
+from dindind.base import config, fsutil
+from dindind.docker import engine
+from dindind.base.errors import DindindError, InputError
+from dindind.cluster import api, create, plan as plan_mod
+from dindind.cluster.actions import waitready
+from dindind.cluster.status import Status
 
 TOP_ROLE = "cluster"
 NODES_LABEL = "io.dindind.nodes"
@@ -299,7 +300,7 @@ class Shell:
         """A command where the cluster's own engine CLI is (top-level container or host)."""
         if self.top:
             return engine.exec_in(self.top, cmd, check=check)
-        from .. import proc
+        from dindind.base import proc
 
         return 0, proc.run(cmd, check=check)
 
@@ -392,7 +393,7 @@ def e2e(cfg, layout, name=None, focus=None, skip=None, parallel=None, flake_atte
             fsutil.write_text(tmp / "e2e.log", text)
             engine.get_dir(sh.top, report, tmp)
     else:
-        from .. import sources
+        from dindind.build.sources import tree as sources
 
         bins = sources.test_binaries(cfg, layout)
         with fsutil.atomic_dir(dest) as tmp:

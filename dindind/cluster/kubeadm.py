@@ -10,9 +10,9 @@ import re
 
 import yaml
 
-from .. import render
-from ..config import ROOT
-from ..errors import DindindError
+from dindind.base import render
+from dindind.base.config import ROOT
+from dindind.base.errors import DindindError
 
 TEMPLATES = ROOT / "templates" / "kubeadm"
 CGROUP_DRIVER = "systemd"   # matches SystemdCgroup = true in the node's containerd config

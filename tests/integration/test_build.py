@@ -117,7 +117,7 @@ def test_cluster_image_holds_the_node_image_once_and_the_test_binaries(built):
 # ------------------------------------------------------------------ 2. cluster image smoke (issue item 7)
 
 def test_cluster_image_smoke_dockerd_starts_and_node_image_loads(built, janitor):
-    from dindind import engine
+    from dindind.docker import engine
 
     cluster = built.stamp("cluster")["tags"][0]
     node = built.stamp("node")

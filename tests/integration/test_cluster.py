@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from dindind import engine
+from dindind.docker import engine
 from dindind.cluster import api, host
 from dindind.cluster.actions import cni
 from dindind.cluster.plan import CLUSTER_LABEL

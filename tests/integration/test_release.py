@@ -19,9 +19,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from dindind import config, engine, release
-from dindind.errors import EngineError
-from dindind.layout import Layout
+from dindind.base import config
+from dindind.docker import engine
+from dindind.release import release
+from dindind.base.errors import EngineError
+from dindind.base.layout import Layout
 
 pytestmark = pytest.mark.engine
 

@@ -17,9 +17,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from dindind import debs, dockerarchive, engine, release, render
-from dindind.errors import DindindError, EngineError
-from dindind.layout import Layout
+from dindind.build import debs
+from dindind.docker import archive as dockerarchive, engine
+from dindind.release import release
+from dindind.base import render
+from dindind.base.errors import DindindError, EngineError
+from dindind.base.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCH = 1700000000
@@ -678,7 +681,8 @@ def test_doit_lists_the_release_tasks_and_their_options(project):
 
 def _checkout(base, stamp):
     """A project-like root: the real deb templates, a stand-in tree and CNI plugins, every file stamped ``stamp``."""
-    from dindind import cni, sources
+    from dindind.build import cni
+    from dindind.build.sources import tree as sources
 
     root = Path(base)
     shutil.copytree(ROOT / "templates" / "debs", root / "templates" / "debs")
@@ -716,7 +720,7 @@ def test_two_clean_builds_give_identical_debs(tmp_path):
 
 
 def test_rendered_node_files_are_identical_across_checkouts(tmp_path):
-    from dindind import images
+    from dindind.build import images
 
     tree = {"images": [{"name": "pause", "refs": ["registry.k8s.io/pause:3.10"], "tarball": "x"}],
             "version": "v1.31.2"}
@@ -732,7 +736,7 @@ def test_rendered_node_files_are_identical_across_checkouts(tmp_path):
 
 
 def _cfg():
-    from dindind import config
+    from dindind.base import config
 
     return config.parse("", "/tmp/x.yaml")
 

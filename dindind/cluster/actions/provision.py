@@ -3,7 +3,7 @@
 import os
 import time
 
-from ...errors import DindindError
+from dindind.base.errors import DindindError
 
 TITLE = "Preparing nodes"
 SNAPSHOTS = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs"

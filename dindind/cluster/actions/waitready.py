@@ -2,8 +2,8 @@
 
 import time
 
-from ...errors import DindindError
-from .. import api
+from dindind.base.errors import DindindError
+from dindind.cluster import api
 
 TITLE = "Waiting for nodes to be Ready"
 

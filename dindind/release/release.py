@@ -49,10 +49,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from . import engine, fsutil, proc
-from .config import TAG_RE
-from .errors import CommandError, DindindError, EngineError
-from .layout import docker_tag
+from dindind.docker import engine
+from dindind.base import fsutil, proc
+from dindind.base.config import TAG_RE
+from dindind.base.errors import CommandError, DindindError, EngineError
+from dindind.base.layout import docker_tag
 
 FORMAT = "dindind-release/1"
 IMAGES = ("node", "cluster")
@@ -939,7 +940,7 @@ def push_release(dest, registry, echo=print):
 
 def gather(cfg, layout):
     """The built images, debs and provenance of a release (reads the build's stamps; no engine)."""
-    from . import debs as debs_mod
+    from dindind.build import debs as debs_mod
 
     tree = _read_json(layout.kubernetes / "tree.json", "Kubernetes tree summary")
     stamps = {n: _read_json(layout.stamp(n), f"{n} image stamp") for n in ("base", "node", "cluster")}

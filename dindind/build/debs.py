@@ -29,10 +29,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from . import cni, fsutil, proc, render
-from .config import VERSION_RE
-from .errors import CommandError, InputError
-from .layout import DEBS, deb_version
+from dindind.build import cni
+from dindind.base import fsutil, proc, render
+from dindind.base.config import VERSION_RE
+from dindind.base.errors import CommandError, InputError
+from dindind.base.layout import DEBS, deb_version
 
 ARCH = "amd64"
 MAINTAINER = "dindind <dindind@localhost>"
@@ -130,7 +131,7 @@ def specs(cfg, layout, has_crictl=None):
     ``has_crictl=None`` looks for ``kubernetes/server/bin/crictl`` in the tree
     (one stat; the only I/O here).
     """
-    from . import sources
+    from dindind.build.sources import tree as sources
 
     paths = sources.tree_paths(sources.tree_root(cfg, layout))
     if has_crictl is None:

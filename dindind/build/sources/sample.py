@@ -30,9 +30,10 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import dockerarchive, fsutil
-from .config import VERSION_RE
-from .layout import COMPONENT_IMAGES, SERVER_BINARIES, docker_tag
+from dindind.docker import archive as dockerarchive
+from dindind.base import fsutil
+from dindind.base.config import VERSION_RE
+from dindind.base.layout import COMPONENT_IMAGES, SERVER_BINARIES, docker_tag
 
 ARCH = "amd64"
 REGISTRY = "registry.k8s.io"

@@ -63,12 +63,12 @@ def load_node_image(ref, archive):
 
 def bring_up(settings, node_image):
     """Create the cluster, or restart the one this container already holds."""
-    from . import engine
-    from .cluster import create as create_mod
-    from .cluster import plan as plan_mod
-    from .cluster.actions import cni, provision, waitready
-    from .cluster.context import Context
-    from .cluster.status import Status
+    from dindind.docker import engine
+    from dindind.cluster import create as create_mod
+    from dindind.cluster import plan as plan_mod
+    from dindind.cluster.actions import cni, provision, waitready
+    from dindind.cluster.context import Context
+    from dindind.cluster.status import Status
 
     existing = engine.containers({plan_mod.CLUSTER_LABEL: settings.name})
     kubeconfig_path = os.path.join(STATE, "kubeconfig")
@@ -121,8 +121,8 @@ def main(argv=None):
     settings_json = os.environ.get("DINDIND_CLUSTER")
     code = 0
     if settings_json:
-        from .cluster.plan import Settings
-        from .errors import DindindError
+        from dindind.cluster.plan import Settings
+        from dindind.base.errors import DindindError
 
         settings = Settings.from_json(settings_json)
         try:

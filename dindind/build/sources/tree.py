@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from . import download, dockerarchive, fsutil, sample
-from .config import TAG_RE, VERSION_RE
-from .errors import InputError
-from .layout import COMPONENT_IMAGES, SERVER_BINARIES, docker_tag
+from dindind.base import download, fsutil
+from dindind.docker import archive as dockerarchive
+from dindind.build.sources import sample
+from dindind.base.config import TAG_RE, VERSION_RE
+from dindind.base.errors import InputError
+from dindind.base.layout import COMPONENT_IMAGES, SERVER_BINARIES, docker_tag
 
 ARCH = sample.ARCH
 REGISTRY = sample.REGISTRY

@@ -12,10 +12,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import engine, fsutil, proc, release, render
-from .config import ROOT
-from .errors import DindindError
-from .layout import docker_tag
+from dindind.docker import engine
+from dindind.base import fsutil, proc, render
+from dindind.release import release
+from dindind.base.config import ROOT
+from dindind.base.errors import DindindError
+from dindind.base.layout import docker_tag
 
 BASE_RECIPE = 3  # bump when build_base's recipe changes
 # Documentation, man pages and locales are not installed in any dindind image.

@@ -20,7 +20,7 @@ import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from .errors import InputError
+from dindind.base.errors import InputError
 
 CHUNK = 1 << 20
 

@@ -18,8 +18,8 @@ import tarfile
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from . import fsutil
-from .errors import InputError
+from dindind.base import fsutil
+from dindind.base.errors import InputError
 
 DEFAULT_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
 MAX_JSON = 16 << 20          # manifest.json and configs are small; refuse absurd ones

@@ -13,9 +13,9 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
-from . import config as config_mod
-from . import layout as layout_mod
-from .errors import DindindError
+from dindind.base import config as config_mod
+from dindind.base import layout as layout_mod
+from dindind.base.errors import DindindError
 
 def action(func):
     """Run a dindind step as a doit action: a DindindError becomes one clear failure."""
@@ -56,7 +56,7 @@ def needs_build_lock(tasks, selected):
 
 def take_build_lock(root):
     """Hold the checkout's build lock for this process; then remove what interrupted runs left."""
-    from . import fsutil, lock
+    from dindind.base import fsutil, lock
 
     lay = layout_mod.Layout(Path(root))
     lock.hold(lay.lock)
@@ -109,7 +109,7 @@ def load_inputs(config_path, root):
 
 @action
 def do_kubernetes(config_path, root):
-    from . import sources
+    from dindind.build.sources import tree as sources
 
     cfg, lay = load_inputs(config_path, root)
     sources.prepare(cfg, lay)
@@ -117,7 +117,7 @@ def do_kubernetes(config_path, root):
 
 @action
 def do_cni(config_path, root):
-    from . import cni
+    from dindind.build import cni
 
     cfg, lay = load_inputs(config_path, root)
     cni.fetch_cni(cfg, lay)
@@ -125,7 +125,7 @@ def do_cni(config_path, root):
 
 @action
 def do_deb(config_path, root, name):
-    from . import debs
+    from dindind.build import debs
 
     cfg, lay = load_inputs(config_path, root)
     spec = debs.specs(cfg, lay)[name]
@@ -134,7 +134,7 @@ def do_deb(config_path, root, name):
 
 @action
 def do_render(config_path, root, which):
-    from . import debs, images
+    from dindind.build import debs, images
 
     cfg, lay = load_inputs(config_path, root)
     if which == "node":
@@ -145,7 +145,8 @@ def do_render(config_path, root, which):
 
 @action
 def do_image(config_path, root, which):
-    from . import debs, images, sources
+    from dindind.build import debs, images
+    from dindind.build.sources import tree as sources
 
     cfg, lay = load_inputs(config_path, root)
     if which == "base":
@@ -160,7 +161,7 @@ def do_image(config_path, root, which):
 
 @action
 def do_engine():
-    from . import engine
+    from dindind.docker import engine
 
     print(engine.ensure())
 
@@ -168,7 +169,7 @@ def do_engine():
 # ------------------------------------------------------------------ creators
 
 def _stamp_check(stamp):
-    from . import engine
+    from dindind.docker import engine
 
     return (engine.stamp_uptodate, [str(stamp)], {})
 
@@ -180,7 +181,9 @@ def build_tasks(config_path, root):
 
 
 def _build_tasks(config_path, root):
-    from . import debs, images, render, sources
+    from dindind.build import debs, images
+    from dindind.base import render
+    from dindind.build.sources import tree as sources
 
     cfg = config_mod.load(config_path)
     lay = layout_mod.Layout(Path(root))
@@ -197,7 +200,7 @@ def _build_tasks(config_path, root):
         "uptodate": [config_changed(k8s["config"])],
         "clean": True,
     }
-    from . import cni
+    from dindind.build import cni
 
     yield {
         "name": "cni",
@@ -295,7 +298,7 @@ RELEASE_PARAMS = [
 
 @action
 def do_release(config_path, root, version, registry, out_dir):
-    from . import release
+    from dindind.release import release
 
     cfg, lay = load_inputs(config_path, root)
     dest = release.make(cfg, lay, version=version or None, registry=registry or None, out_dir=out_dir or None)
@@ -304,7 +307,7 @@ def do_release(config_path, root, version, registry, out_dir):
 
 @action
 def do_release_verify(config_path, root, release_dir="", version=""):
-    from . import release
+    from dindind.release import release
 
     if not release_dir:
         cfg, lay = load_inputs(config_path, root)
@@ -322,7 +325,7 @@ def release_task(config_path, root, version="", push="", out_dir=""):
     """
     from doit.exceptions import InvalidTask
 
-    from . import release
+    from dindind.release import release
 
     try:
         if version:

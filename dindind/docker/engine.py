@@ -17,8 +17,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from . import fsutil, proc
-from .errors import EngineError
+from dindind.base import fsutil, proc
+from dindind.base.errors import EngineError
 
 SOCKET = "/var/run/docker.sock"
 START_HINT = ("start one: `python -m dindind engine` installs Debian's docker.io if missing "
@@ -403,7 +403,7 @@ def exec_in(container, cmd, *, check=True, environment=None, workdir=None):
     code = _call(f"exec in {container}", api.exec_inspect, ex["Id"])["ExitCode"]
     text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
     if check and code != 0:
-        from .errors import CommandError
+        from dindind.base.errors import CommandError
 
         raise CommandError(["docker", "exec", container] + list(cmd), code, text)
     return code, text

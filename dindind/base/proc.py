@@ -8,7 +8,7 @@ through a shell.
 import os
 import subprocess
 
-from .errors import CommandError
+from dindind.base.errors import CommandError
 
 
 def run(argv, *, cwd=None, env=None, input=None, check=True, hint=None):

@@ -6,8 +6,8 @@ Pure values: no I/O. Everything dindind writes is under ``artifacts/``.
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ROOT, check_name
-from .errors import DindindError
+from dindind.base.config import ROOT, check_name
+from dindind.base.errors import DindindError
 
 COMPONENT_IMAGES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy")
 SERVER_BINARIES = ("kubelet", "kubeadm", "kubectl") + COMPONENT_IMAGES
