@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from dindind.docker import engine
+from dindind.docker import images as docker_images
 from dindind.base import fsutil, proc, render
 from dindind.release import release
 from dindind.base.config import ROOT
@@ -102,7 +103,7 @@ def build_base(cfg, layout, echo=print):
     if image:
         echo(f"  reusing {ref}")
     elif cfg.base["image"]:
-        image = engine.pull(ref)
+        image = docker_images.pull(ref)
     else:
         image = _debootstrap_import(cfg, layout, ref, inputs, echo)
     return write_stamp(layout.stamp("base"), image, [ref], inputs)
@@ -145,7 +146,7 @@ def _debootstrap_import(cfg, layout, ref, inputs, echo):
         changes = ['ENV container=docker', 'CMD ["/bin/bash"]']
         changes += [f'LABEL {k}="{v}"' for k, v in input_labels({"base": fsutil.digest_json(inputs)}).items()]
         echo(f"  docker import -> {ref}")
-        return engine.import_rootfs(tar, ref, changes)
+        return docker_images.import_rootfs(tar, ref, changes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -218,7 +219,7 @@ def _build_context(layout, name, ctx, tags, labels, echo):
     try:
         ctx.write_to(tar)
         echo(f"  docker build -t {tags[0]} ({tar.stat().st_size / 1e6:.1f} MB context)")
-        return engine.build(tar, tags, labels=labels, log_path=layout.images / f"{name}.build.log", echo=echo)
+        return docker_images.build(tar, tags, labels=labels, log_path=layout.images / f"{name}.build.log", echo=echo)
     finally:
         tar.unlink(missing_ok=True)
 
@@ -239,7 +240,7 @@ def save_node(cfg, layout, echo=print):
                            hint="run `doit build` again (the node image was retagged behind dindind's back)")
     echo(f"  docker save {ref} -> {out.name}")
     # by tag, so the archive's RepoTags carry it; zstd -9: 10% smaller than -3 for ~3 s more
-    engine.save(ref, out, compress=cfg.cluster["compression"], level=9)
+    docker_images.save(ref, out, compress=cfg.cluster["compression"], level=9)
     return out
 
 

@@ -657,7 +657,7 @@ def export_image(name, ref, out_path, *, save=None, echo=print):
     the image (file digest and size, id, tags, layers, OCI labels, packages,
     scan counts); findings are the secrets found (an empty list when clean).
     """
-    save = save or engine.save_chunks
+    save = save or images.save_chunks
     scanner = Scanner()
     with open(out_path, "wb") as out:
         gz = GzipBlocks(out)
@@ -901,10 +901,10 @@ def verify_pushed(ref, digest, image_id):
     ``image_id``. A registry that answers with another digest is an error.
     """
     try:
-        served = engine.registry_manifest_digest(ref)
+        served = registry.registry_manifest_digest(ref)
     except EngineError:
-        repo, _ = engine.split_ref(ref)
-        pulled = engine.pull_by_digest(repo, digest)
+        repo, _ = images.split_ref(ref)
+        pulled = registry.pull_by_digest(repo, digest)
         if pulled != image_id:
             raise EngineError(f"{repo}@{digest} is image {pulled[:19]}, not the pushed {image_id[:19]}") from None
         return "pull by digest"
@@ -927,9 +927,9 @@ def push_release(dest, registry, echo=print):
         if engine.image_id(img["id"]) != img["id"]:
             raise EngineError(f"the {name} image {img['id'][:19]} of this release is no longer in the engine",
                               hint=f"load it (docker load -i {dest / img['file']}) or rebuild and release again")
-        engine.tag(img["id"], ref)
+        images.tag(img["id"], ref)
         echo(f"  docker push {ref}")
-        digest = engine.push(ref, echo=echo)
+        digest = registry.push(ref, echo=echo)
         how = verify_pushed(ref, digest, img["id"])
         echo(f"  verified {ref}@{digest} ({how})")
         records[name] = {"ref": ref, "digest": digest, "id": img["id"], "verified_by": how}

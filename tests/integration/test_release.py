@@ -107,7 +107,7 @@ def released(built, tmp_path_factory):
     refs = [release.push_ref(reg.host, n, version) for n in release.IMAGES]
     cfg = config.load(built.config)
     layout = Layout(built.path)
-    real_push = engine.push
+    real_push = registry.push
     pushed = []
 
     def push_stopping_the_registry_before_the_cluster(ref, echo=print):
@@ -153,7 +153,7 @@ def test_the_rerun_completes_the_push_with_verified_digests(released):
         assert rec["ref"] == released.refs[name]
         assert rec["id"] == released.manifest["images"][name]["id"]
         assert rec["verified_by"] == "registry manifest"
-        assert engine.registry_manifest_digest(rec["ref"]) == rec["digest"]
+        assert registry.registry_manifest_digest(rec["ref"]) == rec["digest"]
     assert "image archives ok" in out                                                # `doit release` verified it
 
 
@@ -174,7 +174,7 @@ def test_release_directory_and_provenance(released, built):
         assert img["labels"]["org.opencontainers.image.version"] == built.stamp(name)["kubernetes_version"]
         assert img["labels"]["org.opencontainers.image.revision"] == "unknown"      # a copy, not a git checkout
         assert img["scan"]["findings"] == 0 and img["scan"]["files"] > 1000        # the real images are clean
-        assert engine.inspect_image(img["id"])["RootFS"]["Layers"] == img["layers"]
+        assert images.inspect_image(img["id"])["RootFS"]["Layers"] == img["layers"]
     p = m["provenance"]
     assert p["kubernetes"]["version"] == built.stamp("node")["kubernetes_version"]
     assert p["inputs"]["node"] == built.stamp("node")["inputs"]

@@ -391,13 +391,13 @@ class _FakeClient:
 
 
 def test_get_dir_strips_the_folder_and_skips_links(box, tmp_path, monkeypatch):
-    from dindind.docker import engine
+    from dindind.docker import containers, engine
 
     data = _tar_bytes([_entry("e2e", "dir"), _entry("e2e/junit_01.xml", data=b"<xml/>"),
                        _entry("e2e/link", "symlink", link="/etc/passwd"), _entry("e2e/sub/f", data=b"f")])
     monkeypatch.setattr(engine, "client", lambda: _FakeClient(data))
     with fsutil.atomic_dir(box.dest) as tmp:
-        engine.get_dir("top", "/var/lib/dindind/e2e", tmp)
+        containers.get_dir("top", "/var/lib/dindind/e2e", tmp)
     assert sorted(p.relative_to(box.dest).as_posix() for p in box.dest.rglob("*")) == ["junit_01.xml", "sub",
                                                                                           "sub/f"]
     assert box.outside_unchanged()
@@ -405,7 +405,7 @@ def test_get_dir_strips_the_folder_and_skips_links(box, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("shape", ["dotdot", "absolute", "hardlink-out", "fifo"])
 def test_get_dir_refuses_escaping_entries(box, monkeypatch, shape):
-    from dindind.docker import engine
+    from dindind.docker import containers, engine
 
     entries, offender = {"dotdot": ([_entry("e2e/../../../x/pwned")], "e2e/../../../x/pwned"),
                          "absolute": ([_entry(str(box.outside / "pwned"))], str(box.outside / "pwned")),
@@ -415,26 +415,26 @@ def test_get_dir_refuses_escaping_entries(box, monkeypatch, shape):
     monkeypatch.setattr(engine, "client", lambda: _FakeClient(_tar_bytes(entries)))
     if offender is None:                     # not a file or directory: skipped, never written
         with fsutil.atomic_dir(box.dest) as tmp:
-            engine.get_dir("top", "/var/lib/dindind/e2e", tmp)
+            containers.get_dir("top", "/var/lib/dindind/e2e", tmp)
         assert sorted(p.name for p in box.dest.iterdir()) == ["f"]
         assert box.outside_unchanged()
         return
     with pytest.raises(InputError) as info:
         with fsutil.atomic_dir(box.dest) as tmp:
-            engine.get_dir("top", "/var/lib/dindind/e2e", tmp)
+            containers.get_dir("top", "/var/lib/dindind/e2e", tmp)
     assert info.value.message.startswith(f"refusing copy of /var/lib/dindind/e2e from top: entry {offender!r}")
     assert box.unchanged()
 
 
 @pytest.mark.parametrize("shape", ["cve-2025-4517", "real-dirs-chain"])
 def test_get_dir_never_writes_through_link_chains(box, monkeypatch, shape):
-    from dindind.docker import engine
+    from dindind.docker import containers, engine
 
     entries = {"cve-2025-4517": _cve_2025_4517, "real-dirs-chain": _real_dirs_chain}[shape](box.outside)
     entries = [dict(e, name=f"e2e/{e['name']}") for e in entries]
     monkeypatch.setattr(engine, "client", lambda: _FakeClient(_tar_bytes(entries)))
     with fsutil.atomic_dir(box.dest) as tmp:
-        engine.get_dir("top", "/var/lib/dindind/e2e", tmp)
+        containers.get_dir("top", "/var/lib/dindind/e2e", tmp)
     # the links are skipped, so "escape" is a plain folder here
     assert (box.dest / "escape" / "pwned").read_bytes() == b"pwned"
     assert not any(p.is_symlink() for p in box.dest.rglob("*"))

@@ -787,7 +787,7 @@ def fake_registry():
 def test_registry_manifest_digest_reads_the_header_with_manifest_accept_types(fake_registry):
     digest = "sha256:" + "b" * 64
     fake_registry.served["/v2/dindind/node/manifests/v1_x"] = (200, digest)
-    assert engine.registry_manifest_digest(f"{fake_registry.host}/dindind/node:v1_x") == digest
+    assert registry.registry_manifest_digest(f"{fake_registry.host}/dindind/node:v1_x") == digest
     path, accept = fake_registry.seen[-1]
     assert path == "/v2/dindind/node/manifests/v1_x"
     assert "application/vnd.docker.distribution.manifest.v2+json" in accept
@@ -795,10 +795,10 @@ def test_registry_manifest_digest_reads_the_header_with_manifest_accept_types(fa
 
 
 def test_registry_manifest_digest_missing_and_refused(fake_registry):
-    assert engine.registry_manifest_digest(f"{fake_registry.host}/dindind/node:nope") is None
+    assert registry.registry_manifest_digest(f"{fake_registry.host}/dindind/node:nope") is None
     fake_registry.served["/v2/dindind/node/manifests/locked"] = (401, None)
     with pytest.raises(EngineError) as err:
-        engine.registry_manifest_digest(f"{fake_registry.host}/dindind/node:locked")
+        registry.registry_manifest_digest(f"{fake_registry.host}/dindind/node:locked")
     assert err.value.status == 401
 
 
@@ -809,7 +809,7 @@ def test_registry_manifest_digest_unreachable():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(EngineError, match="cannot reach the registry"):
-        engine.registry_manifest_digest(f"127.0.0.1:{port}/dindind/node:x", timeout=5)
+        registry.registry_manifest_digest(f"127.0.0.1:{port}/dindind/node:x", timeout=5)
 
 
 @pytest.mark.parametrize("ref, host, name, tag", [
@@ -819,12 +819,12 @@ def test_registry_manifest_digest_unreachable():
     ("localhost:5000/dindind/node", "localhost:5000", "dindind/node", "latest"),
 ])
 def test_ref_parsing(ref, host, name, tag):
-    repo, t = engine.split_ref(ref)
-    assert t == tag and engine._registry_host(repo) == (host, name)
+    repo, t = images.split_ref(ref)
+    assert t == tag and registry._registry_host(repo) == (host, name)
 
 
 @pytest.mark.parametrize("host, loopback", [("127.0.0.1:5000", True), ("localhost:5000", True),
                                             ("[::1]:5000", True), ("127.8.9.1", True),
                                             ("10.0.0.1:5000", False), ("registry.example.com", False)])
 def test_loopback_registries_use_plain_http(host, loopback):
-    assert engine._is_loopback(host) is loopback
+    assert registry._is_loopback(host) is loopback

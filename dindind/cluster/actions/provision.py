@@ -11,7 +11,7 @@ SYSTEMD_WAIT = 60
 
 
 def node_run_args(ctx, node):
-    """Everything ``docker run`` gets for one node, as engine.run_container keywords."""
+    """Everything ``docker run`` gets for one node, as containers.run_container keywords."""
     plan = ctx.plan
     # Only containerd's snapshots need a volume (overlayfs cannot stack on the
     # container's own overlay root). Its content store and metadata stay in the
