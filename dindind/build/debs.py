@@ -51,6 +51,10 @@ DEPENDS = {
     "kubeadm": ("kubelet", "kubectl", "kubernetes-cni"),      # + cri-tools when it is built
 }
 
+# The package built only when the tree has a crictl, and who depends on it then.
+OPTIONAL = "cri-tools"
+OPTIONAL_DEPENDS = ("kubeadm",)
+
 # How a package's version is derived from its version file at build time.
 #   kubernetes: v1.31.2-rc.1+x -> 1.31.2~rc.1+x-1 (layout.deb_version)
 #   upstream:   1.1.1 -> 1.1.1-1
@@ -81,8 +85,8 @@ class DebSpec:
 
 def _context(name, has_crictl):
     depends = list(DEPENDS[name])
-    if name == "kubeadm" and has_crictl:
-        depends.append("cri-tools")
+    if name in OPTIONAL_DEPENDS and has_crictl:
+        depends.append(OPTIONAL)
     return {
         "package": name,
         "architecture": ARCH,

@@ -258,13 +258,30 @@ def render_cluster(cfg, layout):
     return render.render_tree(layout.templates / "cluster", ctx, layout.context / "cluster")
 
 
+# What the cluster image runs: the in-cluster entry point (dindind/cluster/incluster.py)
+# and everything it imports, which is base, docker and the cluster core. The build
+# and release stages, the doit glue and the host side of clusters stay out, so an
+# edit there leaves the cluster image as it is (tests/unit/test_cluster_image.py).
+CLUSTER_IMAGE_PACKAGES = ("dindind/base", "dindind/docker", "dindind/cluster")
+HOST_ONLY = ("dindind/cluster/host.py",)
+
+
 def package_files(root=ROOT):
-    """The dindind package's own files (and the kubeadm templates) that ship in the cluster image."""
+    """The dindind files (and the kubeadm templates) that ship in the cluster image, sorted."""
     root = Path(root)
-    files = [p for p in (root / "dindind").rglob("*")
-             if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".j2", ".json", ".yaml")]
-    files += [p for p in (root / "templates" / "kubeadm").rglob("*.j2")]
+    files = [root / "dindind" / "__init__.py"]
+    for pkg in CLUSTER_IMAGE_PACKAGES:
+        files += [p for p in (root / pkg).rglob("*.py")
+                  if "__pycache__" not in p.parts and p.relative_to(root).as_posix() not in HOST_ONLY]
+    files += list((root / "templates" / "kubeadm").rglob("*.j2"))
     return sorted(files)
+
+
+def package_digest(root=ROOT):
+    """The digest of :func:`package_files` (names and contents): the cluster image's ``dindind`` input."""
+    root = Path(root)
+    return "sha256:" + fsutil.digest_json({p.relative_to(root).as_posix(): fsutil.sha256_file(p)
+                                           for p in package_files(root)})
 
 
 def build_cluster(cfg, layout, test_bins, echo=print):
@@ -279,13 +296,10 @@ def build_cluster(cfg, layout, test_bins, echo=print):
     for name, path in sorted(test_bins.items()):
         ctx.add_file(f"bin/usr/local/bin/{name}", path, 0o755)
         parts[f"bin.{name}"] = Path(path)
-    pkg = {}
     for p in package_files(layout.root):
-        rel = p.relative_to(layout.root).as_posix()
-        ctx.add_file(f"python/opt/dindind/python/{rel}", p)
-        pkg[rel] = fsutil.sha256_file(p)
+        ctx.add_file(f"python/opt/dindind/python/{p.relative_to(layout.root).as_posix()}", p)
     inputs = _digests(parts)
-    inputs["dindind"] = "sha256:" + fsutil.digest_json(pkg)
+    inputs["dindind"] = package_digest(layout.root)
     inputs["node"] = node["id"]
     inputs["base"] = base["id"]
     version = node["kubernetes_version"]
