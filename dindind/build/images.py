@@ -15,7 +15,7 @@ from pathlib import Path
 from dindind.docker import engine
 from dindind.docker import images as docker_images
 from dindind.base import fsutil, proc, render
-from dindind.release import release
+from dindind.build import provenance
 from dindind.base.config import ROOT
 from dindind.base.errors import DindindError
 from dindind.base.layout import docker_tag
@@ -207,7 +207,7 @@ def build_node(cfg, layout, deb_names, echo=print):
     labels = input_labels(inputs)
     labels[f"{LABEL}.kubernetes.version"] = tree["version"]
     labels[f"{LABEL}.preload"] = str(bool(cfg.node["preload"])).lower()
-    labels.update(release.oci_labels(tree["version"], layout.root, cfg.source_date_epoch))
+    labels.update(provenance.oci_labels(tree["version"], layout.root, cfg.source_date_epoch))
     image = _build_context(layout, "node", ctx, [refs["node"]], labels, echo)
     return write_stamp(layout.stamp("node"), image, [refs["node"]], inputs,
                        {"kubernetes_version": tree["version"], "preload": bool(cfg.node["preload"])})
@@ -307,7 +307,7 @@ def build_cluster(cfg, layout, test_bins, echo=print):
     labels = input_labels(inputs)
     labels[f"{LABEL}.kubernetes.version"] = version
     labels[f"{LABEL}.node-image"] = node["tags"][0]
-    labels.update(release.oci_labels(version, layout.root, cfg.source_date_epoch))
+    labels.update(provenance.oci_labels(version, layout.root, cfg.source_date_epoch))
     image = _build_context(layout, "cluster", ctx, [ref], labels, echo)
     return write_stamp(layout.stamp("cluster"), image, [ref], inputs,
                        {"kubernetes_version": version, "node_image": node["tags"][0]})

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
-from doit.tools import config_changed
 
 from dindind.base import config as config_mod
 from dindind.base import layout as layout_mod

@@ -18,21 +18,21 @@ RELEASE_PARAMS = [
 
 @action
 def do_release(config_path, root, version, registry, out_dir):
-    from dindind.release import release
+    from dindind.release import make, verify
 
     cfg, lay = load_inputs(config_path, root)
-    dest = release.make(cfg, lay, version=version or None, registry=registry or None, out_dir=out_dir or None)
-    release.verify(dest)
+    dest = make.make(cfg, lay, version=version or None, registry=registry or None, out_dir=out_dir or None)
+    verify.verify(dest)
 
 
 @action
 def do_release_verify(config_path, root, release_dir="", version=""):
-    from dindind.release import release
+    from dindind.release import make, verify
 
     if not release_dir:
         cfg, lay = load_inputs(config_path, root)
-        release_dir = release.resolve_dir(cfg, lay, version or None)[1]
-    release.verify(release_dir)
+        release_dir = make.resolve_dir(cfg, lay, version or None)[1]
+    verify.verify(release_dir)
 
 
 def release_task(config_path, root, version="", push="", out_dir=""):
@@ -45,13 +45,14 @@ def release_task(config_path, root, version="", push="", out_dir=""):
     """
     from doit.exceptions import InvalidTask
 
-    from dindind.release import release
+    from dindind.release import manifest as release_manifest
+    from dindind.release import push as release_push
 
     try:
         if version:
-            release.check_version(version)
+            release_manifest.check_version(version)
         if push:
-            release.check_registry(push)
+            release_push.check_registry(push)
     except DindindError as exc:
         raise InvalidTask(exc.render().removeprefix("ERROR: ")) from None
     args = (str(config_path) if config_path else None, str(root))
