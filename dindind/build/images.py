@@ -67,13 +67,6 @@ def base_ref(cfg):
     return f"{cfg.base['repository']}:{cfg.base['suite']}-{fsutil.digest_json(base_inputs(cfg))[:12]}"
 
 
-def read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise DindindError(f"cannot read {path}: {exc}", hint="run `doit build` again") from None
-
-
 def write_stamp(path, image_id, tags, inputs, extra=None):
     stamp = {"id": image_id, "tags": list(tags), "inputs": inputs}
     stamp.update(extra or {})
@@ -170,8 +163,8 @@ def node_context(cfg, tree, base_stamp, deb_names):
 
 
 def render_node(cfg, layout, deb_names):
-    tree = read_json(layout.kubernetes / "tree.json")
-    base = read_json(layout.stamp("base"))
+    tree = fsutil.read_json(layout.kubernetes / "tree.json", "Kubernetes tree summary")
+    base = fsutil.read_json(layout.stamp("base"), "base image stamp")
     ctx = node_context(cfg, tree, base, deb_names)
     return render.render_tree(layout.templates / "node", ctx, layout.context / "node")
 
@@ -187,8 +180,8 @@ def build_node(cfg, layout, deb_names, echo=print):
     and is copied with ``COPY <dir>/ /``, so the directories a COPY creates carry the
     context's clamped mtimes too and the layer is the same in every build.
     """
-    tree = read_json(layout.kubernetes / "tree.json")
-    base = read_json(layout.stamp("base"))
+    tree = fsutil.read_json(layout.kubernetes / "tree.json", "Kubernetes tree summary")
+    base = fsutil.read_json(layout.stamp("base"), "base image stamp")
     ctx = fsutil.DeterministicTar(cfg.source_date_epoch)
     ctx.add_tree("", layout.context / "node")
     parts = {}
@@ -232,7 +225,7 @@ def node_archive_name(cfg):
 
 def save_node(cfg, layout, echo=print):
     """Save the node image once, compressed, for the cluster image."""
-    stamp = read_json(layout.stamp("node"))
+    stamp = fsutil.read_json(layout.stamp("node"), "node image stamp")
     out = layout.images / node_archive_name(cfg)
     ref = stamp["tags"][0]
     if engine.image_id(ref) != stamp["id"]:
@@ -254,7 +247,7 @@ def cluster_context(cfg, base_stamp, node_stamp):
 
 
 def render_cluster(cfg, layout):
-    ctx = cluster_context(cfg, read_json(layout.stamp("base")), read_json(layout.stamp("node")))
+    ctx = cluster_context(cfg, fsutil.read_json(layout.stamp("base"), "base image stamp"), fsutil.read_json(layout.stamp("node"), "node image stamp"))
     return render.render_tree(layout.templates / "cluster", ctx, layout.context / "cluster")
 
 
@@ -286,8 +279,8 @@ def package_digest(root=ROOT):
 
 def build_cluster(cfg, layout, test_bins, echo=print):
     """Build the cluster image: base + engine + node image archive + test binaries + dindind."""
-    node = read_json(layout.stamp("node"))
-    base = read_json(layout.stamp("base"))
+    node = fsutil.read_json(layout.stamp("node"), "node image stamp")
+    base = fsutil.read_json(layout.stamp("base"), "base image stamp")
     ctx = fsutil.DeterministicTar(cfg.source_date_epoch)
     ctx.add_tree("", layout.context / "cluster")
     archive = layout.images / node_archive_name(cfg)

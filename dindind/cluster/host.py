@@ -18,9 +18,9 @@ import socket
 import tarfile
 import time
 
-from dindind.base import config, fsutil
+from dindind.base import config, fsutil, proc
 from dindind.docker import containers, engine, images
-from dindind.base.errors import DindindError, InputError
+from dindind.base.errors import CommandError, DindindError, InputError
 from dindind.cluster import api, create, plan as plan_mod
 from dindind.cluster.actions import waitready
 from dindind.cluster.status import Status
@@ -55,11 +55,7 @@ def kubeconfig_path(layout, name):
 
 
 def _stamp(layout, which):
-    p = layout.stamp(which)
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        raise DindindError(f"no {which} image: {p} is missing", hint="run `doit build` first") from None
+    return fsutil.read_json(layout.stamp(which), f"{which} image stamp", hint="run `doit build` first")
 
 
 def settings_for(cfg, layout, name=None, workers=None, retain=False, wait=None):
@@ -94,7 +90,7 @@ def _publish(settings):
 
 
 def _host_port(container, address):
-    ports = containers.inspect_container(container)["NetworkSettings"]["Ports"].get("6443/tcp") or []
+    ports = containers.inspect_container(container)["NetworkSettings"]["Ports"].get(f"{plan_mod.API_PORT}/tcp") or []
     for b in ports:
         if b.get("HostIp") in (address, "0.0.0.0", "::", ""):
             return int(b["HostPort"])
@@ -148,7 +144,7 @@ def _up_nested(layout, settings, publish, out):
         created.append(("container", top))
         containers.run_container(image, top, labels=labels, hostname=top, volumes={volume: "/var/lib/docker", **binds},
                              tmpfs={"/run": "rw", "/run/lock": "rw", "/tmp": "rw"},
-                             ports={6443: publish}, env=[f"DINDIND_CLUSTER={settings.to_json()}"],
+                             ports={plan_mod.API_PORT: publish}, env=[f"DINDIND_CLUSTER={settings.to_json()}"],
                              privilege=privilege, stop_timeout=60)
         _relay(top, settings, out)
         kubeconfig = containers.get_file(top, KUBECONFIG_IN)
@@ -248,7 +244,7 @@ def clusters():
         if role in (TOP_ROLE, "control-plane"):
             row["state"] = c["State"]
             for p in c.get("Ports") or []:
-                if p.get("PrivatePort") == 6443 and p.get("PublicPort"):
+                if p.get("PrivatePort") == plan_mod.API_PORT and p.get("PublicPort"):
                     row["api"] = f"https://{p.get('IP', '127.0.0.1')}:{p['PublicPort']}"
         row["created"] = min(row["created"], c["Created"])
     return sorted(rows.values(), key=lambda r: r["name"])
@@ -300,9 +296,10 @@ class Shell:
         """A command where the cluster's own engine CLI is (top-level container or host)."""
         if self.top:
             return containers.exec_in(self.top, cmd, check=check)
-        from dindind.base import proc
-
-        return 0, proc.run(cmd, check=check)
+        code, out = proc.status(cmd)
+        if check and code != 0:
+            raise CommandError(cmd, code, out)
+        return code, out
 
 
 def logs(cfg, layout, name=None, out=print):
@@ -397,12 +394,9 @@ def e2e(cfg, layout, name=None, focus=None, skip=None, parallel=None, flake_atte
 
         bins = sources.test_binaries(cfg, layout)
         with fsutil.atomic_dir(dest) as tmp:
-            import subprocess
-
-            p = subprocess.run([str(bins["ginkgo"]), *args, str(bins["e2e.test"]), "--",
-                                f"--kubeconfig={kubeconfig_path(layout, name)}", "--provider=skeleton",
-                                f"--report-dir={tmp}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            code, text = p.returncode, p.stdout
+            code, text = proc.status([bins["ginkgo"], *args, bins["e2e.test"], "--",
+                                      f"--kubeconfig={kubeconfig_path(layout, name)}", "--provider=skeleton",
+                                      f"--report-dir={tmp}"])
             fsutil.write_text(tmp / "e2e.log", text)
     junit = sorted(dest.rglob("junit*.xml"))
     out(text.rstrip()[-3000:])

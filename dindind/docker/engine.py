@@ -15,10 +15,9 @@ import shutil
 import socket
 import time
 import urllib.parse
-from pathlib import Path
 
-from dindind.base import proc
-from dindind.base.errors import EngineError
+from dindind.base import fsutil, proc
+from dindind.base.errors import DindindError, EngineError
 
 SOCKET = "/var/run/docker.sock"
 START_HINT = ("start one: `python -m dindind engine` installs Debian's docker.io if missing "
@@ -83,9 +82,9 @@ def stamp_uptodate(stamp_path):
     """doit ``uptodate`` check: the stamp exists and its image is still in the engine
     under every tag the stamp records (a removed or moved tag counts as gone)."""
     try:
-        stamp = json.loads(Path(stamp_path).read_text())
+        stamp = fsutil.read_json(stamp_path, "image stamp")
         return all(image_id(ref) == stamp["id"] for ref in [stamp["id"], *stamp["tags"]])
-    except (OSError, ValueError, KeyError, EngineError):
+    except (KeyError, TypeError, DindindError):
         # engine unreachable: not known to be up to date; the action then fails with one clear line
         return False
 

@@ -151,11 +151,7 @@ def default_dir(layout, version):
 # ================================================================== writing a release
 
 def _read_json(path, what="file"):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise DindindError(f"cannot read the {what} {path}: {exc}", hint="run `doit build` (or `doit release`) again") \
-            from None
+    return fsutil.read_json(path, what, hint="run `doit build` (or `doit release`) again")
 
 
 def deb_fields(path):

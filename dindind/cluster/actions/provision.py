@@ -4,6 +4,7 @@ import os
 import time
 
 from dindind.base.errors import DindindError
+from dindind.cluster.plan import API_PORT
 
 TITLE = "Preparing nodes"
 SNAPSHOTS = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs"
@@ -36,7 +37,7 @@ def node_run_args(ctx, node):
     if os.path.isdir("/lib/modules"):
         kw["binds_ro"] = {"/lib/modules": "/lib/modules"}
     if node.is_control_plane and ctx.publish:
-        kw["ports"] = {6443: ctx.publish}
+        kw["ports"] = {API_PORT: ctx.publish}
     return kw
 
 
