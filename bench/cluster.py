@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import copy_project  # noqa: E402
 
-from dindind import dockerarchive  # noqa: E402
+from dindind.docker import archive as dockerarchive  # noqa: E402
 
 SIZES_MB = {"kube-apiserver": 90, "kube-controller-manager": 85, "kube-scheduler": 65, "kube-proxy": 90,
             "etcd": 150, "coredns": 60, "pause": 1}

@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import copy_project  # noqa: E402  (one project copier for tests and benchmarks)
 sys.path.insert(0, str(ROOT))
-from dindind import engine, fsutil  # noqa: E402
+from dindind.docker import images as docker_images  # noqa: E402
+from dindind.base import fsutil  # noqa: E402
 
 REPOS = {"base": "dindind-test/repro-base", "node": "dindind-test/repro-node", "cluster": "dindind-test/repro-cluster"}
 EPOCH = 1700000000
@@ -149,7 +150,7 @@ def _entries(f):
 def image_layers(ref):
     """[{diff_id, created_by, entries}] of each layer of ``ref``, from a streamed docker save."""
     layers, small, links = {}, {}, {}
-    with tarfile.open(fileobj=_Chunks(engine.save_chunks(ref)), mode="r|", bufsize=CHUNK) as tf:
+    with tarfile.open(fileobj=_Chunks(docker_images.save_chunks(ref)), mode="r|", bufsize=CHUNK) as tf:
         for m in tf:
             if m.issym():
                 links[m.name] = str(PurePosixPath(m.name).parent / m.linkname)

@@ -8,8 +8,9 @@
 import json
 import sys
 
-from . import config, engine
-from .errors import DindindError
+from dindind.base import config
+from dindind.docker import engine
+from dindind.base.errors import DindindError
 
 
 def main(argv):

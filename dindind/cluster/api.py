@@ -10,7 +10,7 @@ import urllib.parse
 
 import yaml
 
-from ..errors import DindindError
+from dindind.base.errors import DindindError
 
 
 def parse_kubeconfig(data):

@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass, field
 
-from .. import engine
-from .status import Status
+from dindind.docker import containers
+from dindind.cluster.status import Status
 
 
 @dataclass
@@ -16,7 +16,7 @@ class Context:
     node_ips: dict = field(default_factory=dict)
     created: list = field(default_factory=list)   # (kind, name), for rollback
     kubeconfig: bytes = None
-    engine: object = engine
+    engine: object = containers       # what talks to the engine (a fake in unit tests)
 
     def node_exec(self, node, cmd, check=True):
         return self.engine.exec_in(node.name, cmd, check=check)

@@ -4,9 +4,9 @@ On failure everything the run created is removed (containers with their
 volumes, then volumes, then the network) unless ``retain`` is set.
 """
 
-from .actions import cni, config, kubeadminit, kubeadmjoin, provision, waitready
-from .context import Context
-from .status import Status
+from dindind.cluster.actions import cni, config, kubeadminit, kubeadmjoin, provision, waitready
+from dindind.cluster.context import Context
+from dindind.cluster.status import Status
 
 
 def actions(settings):

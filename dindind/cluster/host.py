@@ -18,11 +18,12 @@ import socket
 import tarfile
 import time
 
-from .. import config, engine, fsutil
-from ..errors import DindindError, InputError
-from . import api, create, plan as plan_mod
-from .actions import waitready
-from .status import Status
+from dindind.base import config, fsutil, proc
+from dindind.docker import containers, engine, images
+from dindind.base.errors import CommandError, DindindError, InputError
+from dindind.cluster import api, create, plan as plan_mod
+from dindind.cluster.actions import waitready
+from dindind.cluster.status import Status
 
 TOP_ROLE = "cluster"
 NODES_LABEL = "io.dindind.nodes"
@@ -54,11 +55,7 @@ def kubeconfig_path(layout, name):
 
 
 def _stamp(layout, which):
-    p = layout.stamp(which)
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        raise DindindError(f"no {which} image: {p} is missing", hint="run `doit build` first") from None
+    return fsutil.read_json(layout.stamp(which), f"{which} image stamp", hint="run `doit build` first")
 
 
 def settings_for(cfg, layout, name=None, workers=None, retain=False, wait=None):
@@ -75,7 +72,7 @@ def settings_for(cfg, layout, name=None, workers=None, retain=False, wait=None):
 
 
 def _in_use(name):
-    return engine.containers({plan_mod.CLUSTER_LABEL: name})
+    return containers.containers({plan_mod.CLUSTER_LABEL: name})
 
 
 def _publish(settings):
@@ -93,7 +90,7 @@ def _publish(settings):
 
 
 def _host_port(container, address):
-    ports = engine.inspect_container(container)["NetworkSettings"]["Ports"].get("6443/tcp") or []
+    ports = containers.inspect_container(container)["NetworkSettings"]["Ports"].get(f"{plan_mod.API_PORT}/tcp") or []
     for b in ports:
         if b.get("HostIp") in (address, "0.0.0.0", "::", ""):
             return int(b["HostPort"])
@@ -139,18 +136,18 @@ def _up_nested(layout, settings, publish, out):
               NODES_LABEL: str(settings.workers + 1), NESTED_LABEL: "true"}
     created = []
     try:
-        privilege = engine.privilege_opts(image)
+        privilege = containers.privilege_opts(image)
         volume = f"{top}-docker"
-        engine.create_volume(volume, {plan_mod.CLUSTER_LABEL: settings.name, plan_mod.ROLE_LABEL: "volume"})
+        containers.create_volume(volume, {plan_mod.CLUSTER_LABEL: settings.name, plan_mod.ROLE_LABEL: "volume"})
         created.append(("volume", volume))
         binds = {} if privilege.get("privileged") else {"/sys/fs/cgroup": "/sys/fs/cgroup"}
         created.append(("container", top))
-        engine.run_container(image, top, labels=labels, hostname=top, volumes={volume: "/var/lib/docker", **binds},
+        containers.run_container(image, top, labels=labels, hostname=top, volumes={volume: "/var/lib/docker", **binds},
                              tmpfs={"/run": "rw", "/run/lock": "rw", "/tmp": "rw"},
-                             ports={6443: publish}, env=[f"DINDIND_CLUSTER={settings.to_json()}"],
+                             ports={plan_mod.API_PORT: publish}, env=[f"DINDIND_CLUSTER={settings.to_json()}"],
                              privilege=privilege, stop_timeout=60)
         _relay(top, settings, out)
-        kubeconfig = engine.get_file(top, KUBECONFIG_IN)
+        kubeconfig = containers.get_file(top, KUBECONFIG_IN)
         path, server = _export_kubeconfig(layout, settings.name, kubeconfig, publish[0], _host_port(top, publish[0]))
         if settings.wait > 0:
             # ready means ready from here too: through the published port, with the kubeconfig's credentials
@@ -167,7 +164,7 @@ def _relay(top, settings, out):
     """Echo the top-level container's status lines until the cluster is ready or failed."""
     deadline = time.monotonic() + max(settings.wait, 60) + 240
     tail = []
-    for line in engine.stream_logs(top):
+    for line in containers.stream_logs(top):
         tail = (tail + [line])[-40:]
         if line.startswith((" • ", " ✓ ", " ✗ ", "   ", "ERROR", "hint", "dindind: ")):
             out(line)
@@ -199,9 +196,9 @@ def _remove(created):
     for kind, name in reversed(created):
         try:
             if kind == "container":
-                engine.remove_container(name, volumes=True)
+                containers.remove_container(name, volumes=True)
             else:
-                engine.remove_volume(name)
+                containers.remove_volume(name)
         except DindindError:
             pass
 
@@ -210,15 +207,15 @@ def down(cfg, layout, name=None, out=print):
     """Remove every container, volume and network labelled with the cluster name."""
     name = cluster_name(cfg, name)
     label = {plan_mod.CLUSTER_LABEL: name}
-    found = engine.containers(label)
+    found = containers.containers(label)
     for c in found:
-        engine.remove_container(c["Id"], volumes=True)
-    vols = engine.volumes(label)
+        containers.remove_container(c["Id"], volumes=True)
+    vols = containers.volumes(label)
     for v in vols:
-        engine.remove_volume(v["Name"])
-    nets = engine.networks(label)
+        containers.remove_volume(v["Name"])
+    nets = containers.networks(label)
     for n in nets:
-        engine.remove_network(n["Id"])
+        containers.remove_network(n["Id"])
     d = cluster_dir(layout, name)
     if d.exists():
         import shutil
@@ -233,7 +230,7 @@ def down(cfg, layout, name=None, out=print):
 def clusters():
     """[{name, nodes, api, age, state, nested}] for every dindind cluster on this engine."""
     rows = {}
-    for c in engine.containers({plan_mod.CLUSTER_LABEL: None}):
+    for c in containers.containers({plan_mod.CLUSTER_LABEL: None}):
         labels = c.get("Labels") or {}
         name = labels.get(plan_mod.CLUSTER_LABEL)
         role = labels.get(plan_mod.ROLE_LABEL)
@@ -247,7 +244,7 @@ def clusters():
         if role in (TOP_ROLE, "control-plane"):
             row["state"] = c["State"]
             for p in c.get("Ports") or []:
-                if p.get("PrivatePort") == 6443 and p.get("PublicPort"):
+                if p.get("PrivatePort") == plan_mod.API_PORT and p.get("PublicPort"):
                     row["api"] = f"https://{p.get('IP', '127.0.0.1')}:{p['PublicPort']}"
         row["created"] = min(row["created"], c["Created"])
     return sorted(rows.values(), key=lambda r: r["name"])
@@ -277,13 +274,13 @@ class Shell:
 
     def __init__(self, name):
         self.name = name
-        tops = engine.containers({plan_mod.CLUSTER_LABEL: name, plan_mod.ROLE_LABEL: TOP_ROLE})
-        nodes = engine.containers({plan_mod.CLUSTER_LABEL: name})
+        tops = containers.containers({plan_mod.CLUSTER_LABEL: name, plan_mod.ROLE_LABEL: TOP_ROLE})
+        nodes = containers.containers({plan_mod.CLUSTER_LABEL: name})
         if not nodes:
             raise DindindError(f"no cluster named {name!r}", hint="see `doit cluster:status`")
         self.top = top_name(name) if tops else None
         if self.top:
-            code, text = engine.exec_in(self.top, ["docker", "ps", "--filter", f"label={plan_mod.CLUSTER_LABEL}={name}",
+            code, text = containers.exec_in(self.top, ["docker", "ps", "--filter", f"label={plan_mod.CLUSTER_LABEL}={name}",
                                                    "--format", "{{.Names}}"])
             self.nodes = sorted(text.split())
         else:
@@ -292,16 +289,17 @@ class Shell:
 
     def run(self, node, cmd, check=True):
         if self.top:
-            return engine.exec_in(self.top, ["docker", "exec", node] + list(cmd), check=check)
-        return engine.exec_in(node, cmd, check=check)
+            return containers.exec_in(self.top, ["docker", "exec", node] + list(cmd), check=check)
+        return containers.exec_in(node, cmd, check=check)
 
     def top_run(self, cmd, check=True):
         """A command where the cluster's own engine CLI is (top-level container or host)."""
         if self.top:
-            return engine.exec_in(self.top, cmd, check=check)
-        from .. import proc
-
-        return 0, proc.run(cmd, check=check)
+            return containers.exec_in(self.top, cmd, check=check)
+        code, out = proc.status(cmd)
+        if check and code != 0:
+            raise CommandError(cmd, code, out)
+        return code, out
 
 
 def logs(cfg, layout, name=None, out=print):
@@ -313,9 +311,9 @@ def logs(cfg, layout, name=None, out=print):
     dest = cluster_dir(layout, name) / "logs"
     with fsutil.atomic_dir(dest) as tmp:
         if sh.top:
-            fsutil.write_text(tmp / f"{sh.top}.inspect.json", json.dumps(engine.inspect_container(sh.top), indent=2))
-            fsutil.write_text(tmp / f"{sh.top}.log", engine.logs(sh.top))
-            _, text = engine.exec_in(sh.top, ["cat", "/var/log/dockerd.log"], check=False)
+            fsutil.write_text(tmp / f"{sh.top}.inspect.json", json.dumps(containers.inspect_container(sh.top), indent=2))
+            fsutil.write_text(tmp / f"{sh.top}.log", containers.logs(sh.top))
+            _, text = containers.exec_in(sh.top, ["cat", "/var/log/dockerd.log"], check=False)
             fsutil.write_text(tmp / "dockerd.log", text)
         for node in sh.nodes:
             ndir = tmp / node
@@ -351,11 +349,11 @@ def load(cfg, layout, image, name=None, out=print):
     layout.tmp.mkdir(parents=True, exist_ok=True)
     tar = layout.tmp / f"load-{os.getpid()}.tar"
     try:
-        engine.save(image, tar, compress=None)
+        images.save(image, tar, compress=None)
         targets = [sh.top] if sh.top else sh.nodes
         for t in targets:
             with open(tar, "rb") as f:
-                engine.put_archive_file(t, "/var/cache", "dindind-load.tar", f, tar.stat().st_size)
+                containers.put_archive_file(t, "/var/cache", "dindind-load.tar", f, tar.stat().st_size)
         for node in sh.nodes:
             if sh.top:
                 sh.top_run(["sh", "-c", f"docker exec -i {node} ctr -n k8s.io images import --all-platforms - "
@@ -387,21 +385,18 @@ def e2e(cfg, layout, name=None, focus=None, skip=None, parallel=None, flake_atte
         cmd = ["sh", "-c", f"rm -rf {report} && mkdir -p {report} && ginkgo " + " ".join(shlex.quote(a) for a in args)
                + f" /usr/local/bin/e2e.test -- --kubeconfig={KUBECONFIG_IN} --provider=skeleton"
                f" --report-dir={report}"]
-        code, text = engine.exec_in(sh.top, cmd, check=False)
+        code, text = containers.exec_in(sh.top, cmd, check=False)
         with fsutil.atomic_dir(dest) as tmp:
             fsutil.write_text(tmp / "e2e.log", text)
-            engine.get_dir(sh.top, report, tmp)
+            containers.get_dir(sh.top, report, tmp)
     else:
-        from .. import sources
+        from dindind.build.sources import tree as sources
 
         bins = sources.test_binaries(cfg, layout)
         with fsutil.atomic_dir(dest) as tmp:
-            import subprocess
-
-            p = subprocess.run([str(bins["ginkgo"]), *args, str(bins["e2e.test"]), "--",
-                                f"--kubeconfig={kubeconfig_path(layout, name)}", "--provider=skeleton",
-                                f"--report-dir={tmp}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            code, text = p.returncode, p.stdout
+            code, text = proc.status([bins["ginkgo"], *args, bins["e2e.test"], "--",
+                                      f"--kubeconfig={kubeconfig_path(layout, name)}", "--provider=skeleton",
+                                      f"--report-dir={tmp}"])
             fsutil.write_text(tmp / "e2e.log", text)
     junit = sorted(dest.rglob("junit*.xml"))
     out(text.rstrip()[-3000:])

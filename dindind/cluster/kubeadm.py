@@ -10,9 +10,10 @@ import re
 
 import yaml
 
-from .. import render
-from ..config import ROOT
-from ..errors import DindindError
+from dindind.base import render
+from dindind.base.config import ROOT
+from dindind.base.errors import DindindError
+from dindind.cluster.plan import API_PORT
 
 TEMPLATES = ROOT / "templates" / "kubeadm"
 CGROUP_DRIVER = "systemd"   # matches SystemdCgroup = true in the node's containerd config
@@ -38,13 +39,13 @@ def context(plan, node, node_ip, control_plane_ip):
     return {
         "kubernetes_version": s.kubernetes_version,
         "cluster_name": plan.name,
-        "control_plane_endpoint": f"{cp.name}:6443",
+        "control_plane_endpoint": f"{cp.name}:{API_PORT}",
         "cert_sans": sans,
         "pod_subnet": s.pod_subnet,
         "service_subnet": s.service_subnet,
         "token": plan.token,
         "advertise_address": control_plane_ip if node.is_control_plane else node_ip,
-        "bind_port": 6443,
+        "bind_port": API_PORT,
         "node_name": node.name,
         "kubelet_args": kubelet_args,
         "cgroup_driver": CGROUP_DRIVER,

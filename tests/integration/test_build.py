@@ -117,15 +117,15 @@ def test_cluster_image_holds_the_node_image_once_and_the_test_binaries(built):
 # ------------------------------------------------------------------ 2. cluster image smoke (issue item 7)
 
 def test_cluster_image_smoke_dockerd_starts_and_node_image_loads(built, janitor):
-    from dindind import engine
+    from dindind.docker import containers
 
     cluster = built.stamp("cluster")["tags"][0]
     node = built.stamp("node")
-    opts = engine.privilege_opts(cluster)
-    assert opts in (engine.PRIVILEGED, engine.FALLBACK)
+    opts = containers.privilege_opts(cluster)
+    assert opts in (containers.PRIVILEGED, containers.FALLBACK)
     name = f"dindind-test-smoke-{int(time.time())}"
     janitor.container(name)
-    docker("run", "-d", "--name", name, *engine.run_args(opts),
+    docker("run", "-d", "--name", name, *containers.run_args(opts),
            "--tmpfs", "/run", "--tmpfs", "/run/lock", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", cluster)
     deadline = time.monotonic() + 120
     logs = ""

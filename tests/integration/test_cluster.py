@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from dindind import engine
+from dindind.docker import containers
 from dindind.cluster import api, host
 from dindind.cluster.actions import cni
 from dindind.cluster.plan import CLUSTER_LABEL
@@ -41,7 +41,7 @@ def assert_gone(name):
 
 @pytest.fixture(scope="module")
 def dangling_before():
-    return engine.dangling_volumes()
+    return containers.dangling_volumes()
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_routes_and_a_ping_across_nodes_through_the_real_cni_plugins(nested):
 
 
 def test_api_port_is_bound_on_loopback_only(nested):
-    info = engine.inspect_container(f"dindind-{NESTED}")
+    info = containers.inspect_container(f"dindind-{NESTED}")
     bindings = info["NetworkSettings"]["Ports"]["6443/tcp"]
     assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
     port = int(bindings[0]["HostPort"])
@@ -194,20 +194,20 @@ def test_two_clusters_side_by_side(built, nested):
 def test_stopped_top_level_container_restarts(built, nested):
     top = f"dindind-{NESTED}"
     subprocess.run(["docker", "stop", top], check=True, stdout=subprocess.DEVNULL)
-    assert engine.inspect_container(top)["State"]["ExitCode"] == 0
+    assert containers.inspect_container(top)["State"]["ExitCode"] == 0
     subprocess.run(["docker", "start", top], check=True, stdout=subprocess.DEVNULL)
     from dindind.cluster.actions import waitready
 
     waitready.wait(kubeconfig(built, NESTED).read_bytes(),
                    [f"{NESTED}-control-plane", f"{NESTED}-worker", f"{NESTED}-worker2"], timeout=120)
-    assert "restarting 3 existing node(s)" in engine.logs(top)
+    assert "restarting 3 existing node(s)" in containers.logs(top)
 
 
 def test_down_leaves_nothing_behind(built, nested, dangling_before):
     built.doit("cluster:down", "--name", NESTED)
     assert_gone(NESTED)
     assert not (built.path / "artifacts" / "clusters" / NESTED).exists()
-    assert engine.dangling_volumes() - dangling_before == set()
+    assert containers.dangling_volumes() - dangling_before == set()
 
 
 def test_failed_up_cleans_up_unless_retained(built, tmp_path, dangling_before):
@@ -230,7 +230,7 @@ def test_failed_up_cleans_up_unless_retained(built, tmp_path, dangling_before):
     finally:
         doit(built.path, "cluster:down", "--name", "t-fail")
     assert_gone("t-fail")
-    assert engine.dangling_volumes() - dangling_before == set()
+    assert containers.dangling_volumes() - dangling_before == set()
 
 
 def test_non_nested_mode(built, tmp_path, dangling_before):
@@ -242,7 +242,7 @@ def test_non_nested_mode(built, tmp_path, dangling_before):
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         found = labelled("t-direct")
         assert len(found["containers"]) == 2 and len(found["networks"]) == 1 and len(found["volumes"]) == 6
-        cp = engine.inspect_container("t-direct-control-plane")
+        cp = containers.inspect_container("t-direct-control-plane")
         assert [b["HostIp"] for b in cp["NetworkSettings"]["Ports"]["6443/tcp"]] == ["127.0.0.1"]
         kc = kubeconfig(built, "t-direct")
         assert stat.S_IMODE(kc.stat().st_mode) == 0o600
@@ -252,4 +252,4 @@ def test_non_nested_mode(built, tmp_path, dangling_before):
     finally:
         doit(built.path, f"config={cfg}", "cluster:down", "--name", "t-direct")
     assert_gone("t-direct")
-    assert engine.dangling_volumes() - dangling_before == set()
+    assert containers.dangling_volumes() - dangling_before == set()

@@ -19,9 +19,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from dindind import config, engine, release
-from dindind.errors import EngineError
-from dindind.layout import Layout
+from dindind.base import config
+from dindind.docker import engine
+from dindind.docker import registry as docker_registry
+from dindind.docker import images as docker_images
+from dindind.release import make, push, verify
+from dindind.release import manifest as release_manifest
+from dindind.base.errors import EngineError
+from dindind.base.layout import Layout
 
 pytestmark = pytest.mark.engine
 
@@ -102,10 +107,10 @@ def released(built, tmp_path_factory):
     reg = Registry(work).start()
     version = f"itest-{os.getpid()}"
     dest = work / "out" / version
-    refs = [release.push_ref(reg.host, n, version) for n in release.IMAGES]
+    refs = [push.push_ref(reg.host, n, version) for n in release_manifest.IMAGES]
     cfg = config.load(built.config)
     layout = Layout(built.path)
-    real_push = engine.push
+    real_push = docker_registry.push
     pushed = []
 
     def push_stopping_the_registry_before_the_cluster(ref, echo=print):
@@ -117,16 +122,16 @@ def released(built, tmp_path_factory):
     try:
         t0 = time.monotonic()
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(engine, "push", push_stopping_the_registry_before_the_cluster)
+            mp.setattr(docker_registry, "push", push_stopping_the_registry_before_the_cluster)
             with pytest.raises(EngineError) as failure:
-                release.make(cfg, layout, version=version, registry=reg.host, out_dir=dest, echo=lambda *a: None)
+                make.make(cfg, layout, version=version, registry=reg.host, out_dir=dest, echo=lambda *a: None)
         first = time.monotonic() - t0
         after_failure = json.loads((dest / "manifest.json").read_text())
         reg.start()
         t0 = time.monotonic()
         rerun = built.doit("release", "--version", version, "--push", reg.host, "--dir", str(dest))
         second = time.monotonic() - t0
-        yield SimpleNamespace(dest=dest, version=version, registry=reg, refs=dict(zip(release.IMAGES, refs)),
+        yield SimpleNamespace(dest=dest, version=version, registry=reg, refs=dict(zip(release_manifest.IMAGES, refs)),
                               failure=failure.value, pushed=pushed, after_failure=after_failure, rerun=rerun,
                               manifest=json.loads((dest / "manifest.json").read_text()),
                               times=(first, second))
@@ -139,19 +144,19 @@ def test_a_push_cut_midway_records_no_success(released):
     assert released.pushed == [released.refs["node"], released.refs["cluster"]]      # the node went through
     assert released.refs["cluster"] in released.failure.message
     assert released.after_failure["registry"] == {}
-    release.verify(released.dest, echo=lambda *a: None)                              # still a sound local release
+    verify.verify(released.dest, echo=lambda *a: None)                              # still a sound local release
 
 
 def test_the_rerun_completes_the_push_with_verified_digests(released):
     out = released.rerun.stdout
     assert "reusing the archive" in out and "docker save" not in out                # nothing exported again
     recs = released.manifest["registry"][released.registry.host]
-    for name in release.IMAGES:
+    for name in release_manifest.IMAGES:
         rec = recs[name]
         assert rec["ref"] == released.refs[name]
         assert rec["id"] == released.manifest["images"][name]["id"]
         assert rec["verified_by"] == "registry manifest"
-        assert engine.registry_manifest_digest(rec["ref"]) == rec["digest"]
+        assert docker_registry.registry_manifest_digest(rec["ref"]) == rec["digest"]
     assert "image archives ok" in out                                                # `doit release` verified it
 
 
@@ -165,14 +170,14 @@ def test_release_directory_and_provenance(released, built):
     assert not [p for p in dest.parent.iterdir() if p.name != dest.name]            # no temp dirs left behind
     subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=dest, check=True)
     assert m["version"] == released.version
-    for name in release.IMAGES:
+    for name in release_manifest.IMAGES:
         img = m["images"][name]
         assert img["id"] == built.stamp(name)["id"]
         assert img["labels"]["org.opencontainers.image.created"] == "2023-11-14T22:13:20Z"
         assert img["labels"]["org.opencontainers.image.version"] == built.stamp(name)["kubernetes_version"]
         assert img["labels"]["org.opencontainers.image.revision"] == "unknown"      # a copy, not a git checkout
         assert img["scan"]["findings"] == 0 and img["scan"]["files"] > 1000        # the real images are clean
-        assert engine.inspect_image(img["id"])["RootFS"]["Layers"] == img["layers"]
+        assert docker_images.inspect_image(img["id"])["RootFS"]["Layers"] == img["layers"]
     p = m["provenance"]
     assert p["kubernetes"]["version"] == built.stamp("node")["kubernetes_version"]
     assert p["inputs"]["node"] == built.stamp("node")["inputs"]
@@ -204,7 +209,7 @@ def test_doit_release_verify_passes_and_a_flipped_byte_is_named(released, built,
     assert bad.returncode != 0
     assert "ERROR: release" in bad.stderr and "images/cluster.tar.gz" in bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
-    release.verify(released.dest, echo=lambda *a: None)                             # the original is untouched
+    verify.verify(released.dest, echo=lambda *a: None)                             # the original is untouched
 
 
 def test_plain_docker_load_accepts_the_image_archive(released, built):

@@ -14,8 +14,8 @@ from dindind.cluster import kubeadm, plan
 from dindind.cluster.actions import cni, provision
 from dindind.cluster.context import Context
 from dindind.cluster.status import Status
-from dindind.engine import FALLBACK, PRIVILEGED
-from dindind.errors import DindindError
+from dindind.docker.containers import FALLBACK, PRIVILEGED
+from dindind.base.errors import DindindError
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "kubeadm"
 TOKEN = "abcdef.0123456789abcdef"

@@ -12,9 +12,10 @@ import threading
 
 import pytest
 
-from dindind import cni, config, proc
-from dindind.errors import DindindError, InputError
-from dindind.layout import Layout
+from dindind.build import cni
+from dindind.base import config, proc
+from dindind.base.errors import DindindError, InputError
+from dindind.base.layout import Layout
 
 PACKAGE = "containernetworking-plugins"
 

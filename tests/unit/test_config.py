@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from dindind import config
-from dindind.errors import ConfigError, DindindError, InputError
+from dindind.base import config
+from dindind.base.errors import ConfigError, DindindError, InputError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "config"
 REPO_CONFIGS = sorted((config.ROOT / "config").glob("*.yaml")) + sorted(FIXTURES.glob("valid-*.yaml"))

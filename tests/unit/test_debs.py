@@ -18,9 +18,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from dindind import cni, debs, sources
-from dindind.errors import CommandError, DindindError, InputError
-from dindind.layout import DEBS, Layout
+from dindind.build import cni, debs
+from dindind.build.sources import tree as sources
+from dindind.base.errors import CommandError, DindindError, InputError
+from dindind.base.layout import DEBS, Layout
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "debs"

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from dindind import dockerarchive
-from dindind.errors import InputError
+from dindind.docker import archive as dockerarchive
+from dindind.base.errors import InputError
 
 EPOCH = 1700000000
 SCRIPT = b"#!/bin/sh\necho hello from a dindind test image\n"

@@ -14,8 +14,8 @@ import threading
 
 import pytest
 
-from dindind import download
-from dindind.errors import InputError
+from dindind.base import download
+from dindind.base.errors import InputError
 
 BODY = b"dindind " * 4096
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -382,7 +382,7 @@ def test_missing_file_url(tmp_path):
 
 
 def test_limits_come_from_the_config(tmp_path):
-    from dindind import config
+    from dindind.base import config
 
     path = tmp_path / "c.yaml"
     cfg = config.parse("build:\n  download_timeout: 600\n  download_stall_timeout: 15\n", path)

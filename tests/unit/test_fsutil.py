@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from dindind import fsutil
-from dindind.errors import InputError
+from dindind.base import fsutil
+from dindind.base.errors import InputError
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -55,7 +55,7 @@ def test_remove_stale_removes_only_temporaries(tmp_path):
 def test_stamp_is_stale_when_its_image_or_a_tag_is_gone(tmp_path, monkeypatch):
     import json
 
-    from dindind import engine
+    from dindind.docker import engine
 
     images = {"sha256:abc": "sha256:abc", "repo/node:v1": "sha256:abc"}
     monkeypatch.setattr(engine, "image_id", lambda ref: images.get(ref))
@@ -391,13 +391,13 @@ class _FakeClient:
 
 
 def test_get_dir_strips_the_folder_and_skips_links(box, tmp_path, monkeypatch):
-    from dindind import engine
+    from dindind.docker import containers, engine
 
     data = _tar_bytes([_entry("e2e", "dir"), _entry("e2e/junit_01.xml", data=b"<xml/>"),
                        _entry("e2e/link", "symlink", link="/etc/passwd"), _entry("e2e/sub/f", data=b"f")])
     monkeypatch.setattr(engine, "client", lambda: _FakeClient(data))
     with fsutil.atomic_dir(box.dest) as tmp:
-        engine.get_dir("top", "/var/lib/dindind/e2e", tmp)
+        containers.get_dir("top", "/var/lib/dindind/e2e", tmp)
     assert sorted(p.relative_to(box.dest).as_posix() for p in box.dest.rglob("*")) == ["junit_01.xml", "sub",
                                                                                           "sub/f"]
     assert box.outside_unchanged()
@@ -405,7 +405,7 @@ def test_get_dir_strips_the_folder_and_skips_links(box, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("shape", ["dotdot", "absolute", "hardlink-out", "fifo"])
 def test_get_dir_refuses_escaping_entries(box, monkeypatch, shape):
-    from dindind import engine
+    from dindind.docker import containers, engine
 
     entries, offender = {"dotdot": ([_entry("e2e/../../../x/pwned")], "e2e/../../../x/pwned"),
                          "absolute": ([_entry(str(box.outside / "pwned"))], str(box.outside / "pwned")),
@@ -415,26 +415,26 @@ def test_get_dir_refuses_escaping_entries(box, monkeypatch, shape):
     monkeypatch.setattr(engine, "client", lambda: _FakeClient(_tar_bytes(entries)))
     if offender is None:                     # not a file or directory: skipped, never written
         with fsutil.atomic_dir(box.dest) as tmp:
-            engine.get_dir("top", "/var/lib/dindind/e2e", tmp)
+            containers.get_dir("top", "/var/lib/dindind/e2e", tmp)
         assert sorted(p.name for p in box.dest.iterdir()) == ["f"]
         assert box.outside_unchanged()
         return
     with pytest.raises(InputError) as info:
         with fsutil.atomic_dir(box.dest) as tmp:
-            engine.get_dir("top", "/var/lib/dindind/e2e", tmp)
+            containers.get_dir("top", "/var/lib/dindind/e2e", tmp)
     assert info.value.message.startswith(f"refusing copy of /var/lib/dindind/e2e from top: entry {offender!r}")
     assert box.unchanged()
 
 
 @pytest.mark.parametrize("shape", ["cve-2025-4517", "real-dirs-chain"])
 def test_get_dir_never_writes_through_link_chains(box, monkeypatch, shape):
-    from dindind import engine
+    from dindind.docker import containers, engine
 
     entries = {"cve-2025-4517": _cve_2025_4517, "real-dirs-chain": _real_dirs_chain}[shape](box.outside)
     entries = [dict(e, name=f"e2e/{e['name']}") for e in entries]
     monkeypatch.setattr(engine, "client", lambda: _FakeClient(_tar_bytes(entries)))
     with fsutil.atomic_dir(box.dest) as tmp:
-        engine.get_dir("top", "/var/lib/dindind/e2e", tmp)
+        containers.get_dir("top", "/var/lib/dindind/e2e", tmp)
     # the links are skipped, so "escape" is a plain folder here
     assert (box.dest / "escape" / "pwned").read_bytes() == b"pwned"
     assert not any(p.is_symlink() for p in box.dest.rglob("*"))
@@ -443,7 +443,7 @@ def test_get_dir_never_writes_through_link_chains(box, monkeypatch, shape):
 
 def test_cluster_logs_unpack_only_inside_var_log(box, tmp_path, monkeypatch):
     from dindind.cluster import host
-    from dindind.layout import Layout
+    from dindind.base.layout import Layout
 
     good = _tar_bytes([_entry("./", "dir"), _entry("./syslog", data=b"log"),
                        _entry("./containers/x.log", "symlink", link="/var/log/pods/x/0.log")], gz=True)

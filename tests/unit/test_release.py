@@ -17,9 +17,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from dindind import debs, dockerarchive, engine, release, render
-from dindind.errors import DindindError, EngineError
-from dindind.layout import Layout
+from dindind.build import debs
+from dindind.docker import archive as dockerarchive, engine
+from dindind.docker import registry as docker_registry
+from dindind.docker import images as docker_images
+from dindind.build import provenance
+from dindind.release import export, make, push, verify
+from dindind.release import scan as release_scan
+from dindind.release import manifest as release_manifest
+from dindind.base import render
+from dindind.base.errors import DindindError, EngineError
+from dindind.base.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCH = 1700000000
@@ -48,7 +56,7 @@ def chunked(data, size=4096):
 
 def scan(tmp_path, files, env=None):
     path = archive(tmp_path, "scanned", files, env=env)
-    _, findings = release.export_image("node", "x", tmp_path / "out.tar.gz",
+    _, findings = export.export_image("node", "x", tmp_path / "out.tar.gz",
                                        save=lambda ref: chunked(path.read_bytes()), echo=lambda *a: None)
     return findings
 
@@ -59,35 +67,35 @@ def scan(tmp_path, files, env=None):
                                         ("v1.31.2_sample-c2a4f24-dirty", "v1.31.2_sample-c2a4f24-dirty"),
                                         ("_x", "_x"), ("a" * 128, "a" * 128)])
 def test_version_is_a_docker_tag(given, tag):
-    assert release.check_version(given) == tag
+    assert release_manifest.check_version(given) == tag
 
 
 @pytest.mark.parametrize("bad", ["", "-x", ".x", "a b", "a/b", "v1:2", "x" * 129, "é", "a\nb"])
 def test_invalid_version_is_one_clear_error(bad):
     with pytest.raises(DindindError) as err:
-        release.check_version(bad)
+        release_manifest.check_version(bad)
     assert "docker tag" in err.value.render()
 
 
 @pytest.mark.parametrize("ok", ["127.0.0.1:5000", "localhost:5000", "registry.example.com/team", "ghcr.io"])
 def test_registry_ok(ok):
-    assert release.check_registry(ok) == ok
+    assert push.check_registry(ok) == ok
 
 
 @pytest.mark.parametrize("bad", ["http://127.0.0.1:5000", "127.0.0.1:5000/", "", "Reg.io", "a b"])
 def test_registry_invalid(bad):
     with pytest.raises(DindindError, match="invalid --push registry"):
-        release.check_registry(bad)
+        push.check_registry(bad)
 
 
 def test_push_ref():
-    assert release.push_ref("127.0.0.1:5000", "node", "v1_x") == "127.0.0.1:5000/dindind/node:v1_x"
+    assert push.push_ref("127.0.0.1:5000", "node", "v1_x") == "127.0.0.1:5000/dindind/node:v1_x"
 
 
 def test_default_version_outside_git_is_nogit(tmp_path):
-    assert release.default_version("v1.31.2+sample", tmp_path) == "v1.31.2_sample-nogit"
-    assert release.git_commit(tmp_path) == "unknown"
-    assert release.source_url(tmp_path) is None
+    assert make.default_version("v1.31.2+sample", tmp_path) == "v1.31.2_sample-nogit"
+    assert provenance.git_commit(tmp_path) == "unknown"
+    assert provenance.source_url(tmp_path) is None
 
 
 def test_default_version_in_a_git_checkout(tmp_path):
@@ -96,15 +104,15 @@ def test_default_version_in_a_git_checkout(tmp_path):
     (tmp_path / "f").write_text("x\n")
     subprocess.run(git + ["add", "f"], check=True)
     subprocess.run(git + ["commit", "-qm", "one"], check=True)
-    commit = release.git_commit(tmp_path)
+    commit = provenance.git_commit(tmp_path)
     assert re.fullmatch(r"[0-9a-f]{40}", commit)
-    assert release.default_version("v1.31.2+sample", tmp_path) == f"v1.31.2_sample-{commit[:7]}"
+    assert make.default_version("v1.31.2+sample", tmp_path) == f"v1.31.2_sample-{commit[:7]}"
     (tmp_path / "f").write_text("changed\n")
-    assert release.default_version("v1.31.2", tmp_path) == f"v1.31.2-{commit[:7]}-dirty"
+    assert make.default_version("v1.31.2", tmp_path) == f"v1.31.2-{commit[:7]}-dirty"
 
 
 def test_oci_labels(tmp_path):
-    labels = release.oci_labels("v1.31.2+sample", tmp_path, EPOCH)
+    labels = provenance.oci_labels("v1.31.2+sample", tmp_path, EPOCH)
     assert labels == {
         "org.opencontainers.image.version": "v1.31.2+sample",
         "org.opencontainers.image.revision": "unknown",
@@ -151,7 +159,7 @@ def test_oci_labels(tmp_path):
     ("ftp://ftp.example.com/repo.git", None),
 ])
 def test_public_url(remote, url):
-    assert release.public_url(remote) == url
+    assert provenance.public_url(remote) == url
 
 
 @pytest.mark.parametrize("remote,label", [
@@ -162,7 +170,7 @@ def test_public_url(remote, url):
 def test_oci_source_label_of_a_clone(tmp_path, remote, label):
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     subprocess.run(["git", "-C", str(tmp_path), "remote", "add", "origin", remote], check=True)
-    labels = release.oci_labels("v1.31.2", tmp_path, EPOCH)
+    labels = provenance.oci_labels("v1.31.2", tmp_path, EPOCH)
     assert labels.get("org.opencontainers.image.source") == label
     assert "s3cret" not in json.dumps(labels) and "/work/main" not in json.dumps(labels)
 
@@ -175,7 +183,7 @@ def test_gzip_blocks_round_trip_deterministic_multi_member(tmp_path):
     for i in range(2):
         path = tmp_path / f"{i}.gz"
         with open(path, "wb") as f:
-            gz = release.GzipBlocks(f, block=64 * 1024, workers=2)
+            gz = export.GzipBlocks(f, block=64 * 1024, workers=2)
             for piece in chunked(data, 10_000):
                 gz.write(piece)
             sha, size = gz.close()
@@ -190,7 +198,7 @@ def test_gzip_blocks_round_trip_deterministic_multi_member(tmp_path):
 
 def test_gzip_blocks_empty_input_is_valid_gzip(tmp_path):
     with open(tmp_path / "e.gz", "wb") as f:
-        release.GzipBlocks(f).close()
+        export.GzipBlocks(f).close()
     assert gzip.decompress((tmp_path / "e.gz").read_bytes()) == b""
 
 
@@ -224,7 +232,7 @@ def test_scanner_leaves_keys_compiled_into_elf_binaries(tmp_path):
 
 def test_scanner_finds_a_key_inside_a_binary_across_a_chunk_boundary(tmp_path):
     key = pem_key()
-    blob = b"\0" * (release.CHUNK - 40) + key + b"\0" * 1000
+    blob = b"\0" * (release_scan.CHUNK - 40) + key + b"\0" * 1000
     findings = scan(tmp_path, {"/opt/blob.bin": (blob, 0o644)})
     assert [f.path for f in findings] == ["opt/blob.bin"]
 
@@ -293,7 +301,7 @@ def test_clean_image_passes_and_reports_packages(tmp_path):
               b"Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.36-9\n")
     path = archive(tmp_path, "clean", {"/var/lib/dpkg/status": (status, 0o644),
                                        "/etc/os-release": (b'VERSION_CODENAME=bookworm\nID=debian\n', 0o644)})
-    rec, findings = release.export_image("node", "x", tmp_path / "o.tar.gz",
+    rec, findings = export.export_image("node", "x", tmp_path / "o.tar.gz",
                                          save=lambda ref: chunked(path.read_bytes()), echo=lambda *a: None)
     assert findings == []
     assert rec["packages"] == {"bash": "5.2.15-2+b2", "libc6": "2.36-9"}
@@ -306,7 +314,7 @@ def test_export_refuses_a_corrupt_stream(tmp_path):
     data = bytearray(archive(tmp_path, "c", {"/a": (b"x" * 5000, 0o644)}).read_bytes())
     data[3000] ^= 0xFF                      # inside the layer
     with pytest.raises(DindindError, match="layer 1 .* has digest"):
-        release.export_image("node", "x", tmp_path / "o.tar.gz", save=lambda ref: [bytes(data)],
+        export.export_image("node", "x", tmp_path / "o.tar.gz", save=lambda ref: [bytes(data)],
                              echo=lambda *a: None)
 
 
@@ -346,7 +354,7 @@ class Fixture:
         return chunked(self.archives[name].read_bytes(), 65536)
 
     def write(self, dest, version="v1_test", **kw):
-        return release.write_release(dest, version, kw.pop("images", self.images), self.debs, PROVENANCE,
+        return release_manifest.write_release(dest, version, kw.pop("images", self.images), self.debs, PROVENANCE,
                                      save=self.save, echo=lambda *a: None, **kw)
 
 
@@ -376,7 +384,7 @@ def test_release_layout_and_manifest(rel, tmp_path):
     assert [p.name for p in dest.parent.iterdir()] == ["v1_test"]            # no temp dirs left
     if shutil.which("sha256sum"):
         subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=dest, check=True)
-    assert release.verify(dest, echo=lambda *a: None) == manifest
+    assert verify.verify(dest, echo=lambda *a: None) == manifest
 
 
 def test_every_flipped_byte_is_caught_and_named(rel, tmp_path):
@@ -391,7 +399,7 @@ def test_every_flipped_byte_is_caught_and_named(rel, tmp_path):
             data[int(len(data) * where)] ^= 0x01
             (copy / name).write_bytes(bytes(data))
             with pytest.raises(DindindError) as err:
-                release.verify(copy, echo=lambda *a: None)
+                verify.verify(copy, echo=lambda *a: None)
             assert name in err.value.message, (name, where, err.value.render())
 
 
@@ -406,9 +414,9 @@ def test_a_consistent_but_corrupt_image_archive_is_caught(rel, tmp_path):
     manifest = json.loads((dest / "manifest.json").read_text())
     manifest["artifacts"]["images/cluster.tar.gz"].update(
         sha256=hashlib.sha256(gz.read_bytes()).hexdigest(), size=gz.stat().st_size)
-    release._finish(dest, manifest)
+    release_manifest._finish(dest, manifest)
     with pytest.raises(DindindError) as err:
-        release.verify(dest, echo=lambda *a: None)
+        verify.verify(dest, echo=lambda *a: None)
     assert "images/cluster.tar.gz" in err.value.message
     assert "digest" in err.value.render()
 
@@ -419,13 +427,13 @@ def test_missing_and_extra_files_are_named(rel, tmp_path):
     (dest / "debs" / "kubelet_1.0-1_amd64.deb").unlink()
     (dest / "notes.txt").write_text("hi")
     with pytest.raises(DindindError) as err:
-        release.verify(dest, echo=lambda *a: None)
+        verify.verify(dest, echo=lambda *a: None)
     assert "kubelet_1.0-1_amd64.deb" in err.value.message and "notes.txt" in err.value.message
 
 
 def test_verify_of_a_missing_dir(tmp_path):
     with pytest.raises(DindindError, match="not a release directory"):
-        release.verify(tmp_path / "nope")
+        verify.verify(tmp_path / "nope")
 
 
 @pytest.fixture
@@ -456,12 +464,12 @@ def test_verify_refuses_a_directory_that_is_not_a_release_before_walking_it(tmp_
     if manifest == "directory":
         (dest / "manifest.json").mkdir()
     elif manifest == "symlink":
-        (tmp_path / "real.json").write_text(json.dumps({"format": release.FORMAT}))
+        (tmp_path / "real.json").write_text(json.dumps({"format": release_manifest.FORMAT}))
         (dest / "manifest.json").symlink_to(tmp_path / "real.json")
     elif manifest is not None:
         (dest / "manifest.json").write_bytes(manifest)
     with pytest.raises(DindindError) as err:
-        release.verify(dest, echo=lambda *a: None)
+        verify.verify(dest, echo=lambda *a: None)
     assert err.value.message.startswith(f"{dest} is not a release directory: ")
     assert "manifest.json" in err.value.message and err.value.hint
     assert err.value.detail is None and len(err.value.render().splitlines()) == 2
@@ -470,25 +478,25 @@ def test_verify_refuses_a_directory_that_is_not_a_release_before_walking_it(tmp_
 def test_verify_of_a_big_fake_release_lists_at_most_20_problems(tmp_path):
     dest = tmp_path / "fake"
     _junk(dest, 500)
-    (dest / "manifest.json").write_text(json.dumps({"format": release.FORMAT, "artifacts": {}}))
+    (dest / "manifest.json").write_text(json.dumps({"format": release_manifest.FORMAT, "artifacts": {}}))
     with pytest.raises(DindindError) as err:
-        release.verify(dest, echo=lambda *a: None)
+        verify.verify(dest, echo=lambda *a: None)
     lines = err.value.detail.splitlines()
-    assert len(lines) == release.MAX_SHOWN + 1
+    assert len(lines) == verify.MAX_SHOWN + 1
     assert lines[-1].startswith("  ... and ") and lines[-1].endswith(" more")
-    assert int(lines[-1].split()[2]) > 500 - release.MAX_SHOWN          # at least one problem per file
+    assert int(lines[-1].split()[2]) > 500 - verify.MAX_SHOWN          # at least one problem per file
     assert len(err.value.render()) < 4000
 
 
 def test_verify_stops_walking_a_huge_tree(tmp_path, monkeypatch):
-    monkeypatch.setattr(release, "MAX_ENTRIES", 100)
+    monkeypatch.setattr(verify, "MAX_ENTRIES", 100)
     dest = tmp_path / "fake"
     _junk(dest, 500)
-    (dest / "manifest.json").write_text(json.dumps({"format": release.FORMAT, "artifacts": {}}))
+    (dest / "manifest.json").write_text(json.dumps({"format": release_manifest.FORMAT, "artifacts": {}}))
     hashed = []
-    monkeypatch.setattr(release.fsutil, "sha256_file", lambda p: hashed.append(p) or "0" * 64)
+    monkeypatch.setattr(verify.fsutil, "sha256_file", lambda p: hashed.append(p) or "0" * 64)
     with pytest.raises(DindindError) as err:
-        release.verify(dest, echo=lambda *a: None)
+        verify.verify(dest, echo=lambda *a: None)
     assert "more than 100 files and folders" in err.value.render()
     assert hashed == []
 
@@ -498,15 +506,15 @@ def test_rerun_reuses_archives_and_keeps_push_records(rel, tmp_path):
     rel.write(dest)
     assert len(rel.saved) == 2
     records = {n: {"ref": f"r/dindind/{n}:v1_test", "digest": "sha256:" + "a" * 64, "id": rel.images[n]["id"],
-                   "verified_by": "registry manifest"} for n in release.IMAGES}
-    release.record_push(dest, "r", records)
-    release.verify(dest, echo=lambda *a: None)
+                   "verified_by": "registry manifest"} for n in release_manifest.IMAGES}
+    push.record_push(dest, "r", records)
+    verify.verify(dest, echo=lambda *a: None)
     inode = (dest / "images" / "node.tar.gz").stat().st_ino
     manifest = rel.write(dest)
     assert len(rel.saved) == 2                                              # nothing exported again
     assert (dest / "images" / "node.tar.gz").stat().st_ino == inode         # linked, not copied
     assert manifest["registry"]["r"] == records
-    release.verify(dest, echo=lambda *a: None)
+    verify.verify(dest, echo=lambda *a: None)
     # a new node image: exported again, and the old push records no longer describe the release
     rel.archives["node"] = archive(tmp_path, "node", {"/etc/node": (b"new", 0o644)})
     images = dict(rel.images, node={"ref": "dindind-test/node:1", "id": image_id(rel.archives["node"])})
@@ -563,10 +571,10 @@ class FakeRegistry:
 
     def install(self, monkeypatch):
         monkeypatch.setattr(engine, "image_id", lambda ref: ref if ref in self.ids else None)
-        monkeypatch.setattr(engine, "tag", lambda image, ref: self.tags.__setitem__(ref, image))
-        monkeypatch.setattr(engine, "push", self.push)
-        monkeypatch.setattr(engine, "registry_manifest_digest", self.head)
-        monkeypatch.setattr(engine, "pull_by_digest", lambda repo, digest: self.tags[f"{repo}:v1_test"])
+        monkeypatch.setattr(docker_images, "tag", lambda image, ref: self.tags.__setitem__(ref, image))
+        monkeypatch.setattr(docker_registry, "push", self.push)
+        monkeypatch.setattr(docker_registry, "registry_manifest_digest", self.head)
+        monkeypatch.setattr(docker_registry, "pull_by_digest", lambda repo, digest: self.tags[f"{repo}:v1_test"])
 
     def push(self, ref, echo=print):
         if self.fail_on and self.fail_on in ref:
@@ -590,16 +598,16 @@ def test_a_failed_push_records_nothing_and_the_rerun_completes_it(rel, tmp_path,
     reg.install(monkeypatch)
     reg.fail_on = "/dindind/cluster:"
     with pytest.raises(EngineError, match="cluster"):
-        release.push_release(dest, "127.0.0.1:5000", echo=lambda *a: None)
+        push.push_release(dest, "127.0.0.1:5000", echo=lambda *a: None)
     assert "127.0.0.1:5000/dindind/node:v1_test" in reg.served                 # the node push went through ...
     assert json.loads((dest / "manifest.json").read_text())["registry"] == {}  # ... yet nothing is recorded
-    release.verify(dest, echo=lambda *a: None)
+    verify.verify(dest, echo=lambda *a: None)
     reg.fail_on = None
-    manifest = release.push_release(dest, "127.0.0.1:5000", echo=lambda *a: None)
+    manifest = push.push_release(dest, "127.0.0.1:5000", echo=lambda *a: None)
     recs = manifest["registry"]["127.0.0.1:5000"]
     assert {n: r["digest"] for n, r in recs.items()} == \
-        {n: reg.served[f"127.0.0.1:5000/dindind/{n}:v1_test"] for n in release.IMAGES}
-    assert release.verify(dest, echo=lambda *a: None)["registry"] == manifest["registry"]
+        {n: reg.served[f"127.0.0.1:5000/dindind/{n}:v1_test"] for n in release_manifest.IMAGES}
+    assert verify.verify(dest, echo=lambda *a: None)["registry"] == manifest["registry"]
 
 
 def test_a_digest_the_registry_does_not_serve_is_not_recorded(rel, tmp_path, monkeypatch):
@@ -607,9 +615,9 @@ def test_a_digest_the_registry_does_not_serve_is_not_recorded(rel, tmp_path, mon
     rel.write(dest)
     reg = FakeRegistry(rel.images)
     reg.install(monkeypatch)
-    monkeypatch.setattr(engine, "registry_manifest_digest", lambda ref: "sha256:" + "f" * 64)
+    monkeypatch.setattr(docker_registry, "registry_manifest_digest", lambda ref: "sha256:" + "f" * 64)
     with pytest.raises(EngineError, match="the registry serves sha256:f+ for .*node"):
-        release.push_release(dest, "127.0.0.1:5000", echo=lambda *a: None)
+        push.push_release(dest, "127.0.0.1:5000", echo=lambda *a: None)
     assert json.loads((dest / "manifest.json").read_text())["registry"] == {}
 
 
@@ -621,7 +629,7 @@ def test_a_registry_that_cannot_be_asked_directly_is_checked_by_pulling_by_diges
     reg = FakeRegistry(rel.images)
     reg.install(monkeypatch)
     reg.status = status or "unreachable"
-    manifest = release.push_release(dest, "registry.example.com", echo=lambda *a: None)
+    manifest = push.push_release(dest, "registry.example.com", echo=lambda *a: None)
     assert {r["verified_by"] for r in manifest["registry"]["registry.example.com"].values()} == {"pull by digest"}
 
 
@@ -678,7 +686,8 @@ def test_doit_lists_the_release_tasks_and_their_options(project):
 
 def _checkout(base, stamp):
     """A project-like root: the real deb templates, a stand-in tree and CNI plugins, every file stamped ``stamp``."""
-    from dindind import cni, sources
+    from dindind.build import cni
+    from dindind.build.sources import tree as sources
 
     root = Path(base)
     shutil.copytree(ROOT / "templates" / "debs", root / "templates" / "debs")
@@ -716,7 +725,7 @@ def test_two_clean_builds_give_identical_debs(tmp_path):
 
 
 def test_rendered_node_files_are_identical_across_checkouts(tmp_path):
-    from dindind import images
+    from dindind.build import images
 
     tree = {"images": [{"name": "pause", "refs": ["registry.k8s.io/pause:3.10"], "tarball": "x"}],
             "version": "v1.31.2"}
@@ -732,19 +741,19 @@ def test_rendered_node_files_are_identical_across_checkouts(tmp_path):
 
 
 def _cfg():
-    from dindind import config
+    from dindind.base import config
 
     return config.parse("", "/tmp/x.yaml")
 
 
 def test_the_layout_puts_releases_under_artifacts():
-    assert release.default_dir(Layout(Path("/p")), "v1_x") == Path("/p/artifacts/release/v1_x")
+    assert release_manifest.default_dir(Layout(Path("/p")), "v1_x") == Path("/p/artifacts/release/v1_x")
 
 
 def test_zlib_gzip_members_are_what_docker_load_sniffs():
     """docker load detects gzip by its magic (1f 8b 08); every member starts with it."""
-    assert release._gzip_member(b"abc", 1)[:3] == b"\x1f\x8b\x08"
-    assert zlib.decompress(release._gzip_member(b"abc", 1), 31) == b"abc"
+    assert export._gzip_member(b"abc", 1)[:3] == b"\x1f\x8b\x08"
+    assert zlib.decompress(export._gzip_member(b"abc", 1), 31) == b"abc"
 
 
 # ------------------------------------------------------------------ the registry API check (a fake registry over HTTP)
@@ -783,7 +792,7 @@ def fake_registry():
 def test_registry_manifest_digest_reads_the_header_with_manifest_accept_types(fake_registry):
     digest = "sha256:" + "b" * 64
     fake_registry.served["/v2/dindind/node/manifests/v1_x"] = (200, digest)
-    assert engine.registry_manifest_digest(f"{fake_registry.host}/dindind/node:v1_x") == digest
+    assert docker_registry.registry_manifest_digest(f"{fake_registry.host}/dindind/node:v1_x") == digest
     path, accept = fake_registry.seen[-1]
     assert path == "/v2/dindind/node/manifests/v1_x"
     assert "application/vnd.docker.distribution.manifest.v2+json" in accept
@@ -791,10 +800,10 @@ def test_registry_manifest_digest_reads_the_header_with_manifest_accept_types(fa
 
 
 def test_registry_manifest_digest_missing_and_refused(fake_registry):
-    assert engine.registry_manifest_digest(f"{fake_registry.host}/dindind/node:nope") is None
+    assert docker_registry.registry_manifest_digest(f"{fake_registry.host}/dindind/node:nope") is None
     fake_registry.served["/v2/dindind/node/manifests/locked"] = (401, None)
     with pytest.raises(EngineError) as err:
-        engine.registry_manifest_digest(f"{fake_registry.host}/dindind/node:locked")
+        docker_registry.registry_manifest_digest(f"{fake_registry.host}/dindind/node:locked")
     assert err.value.status == 401
 
 
@@ -805,7 +814,7 @@ def test_registry_manifest_digest_unreachable():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(EngineError, match="cannot reach the registry"):
-        engine.registry_manifest_digest(f"127.0.0.1:{port}/dindind/node:x", timeout=5)
+        docker_registry.registry_manifest_digest(f"127.0.0.1:{port}/dindind/node:x", timeout=5)
 
 
 @pytest.mark.parametrize("ref, host, name, tag", [
@@ -815,12 +824,12 @@ def test_registry_manifest_digest_unreachable():
     ("localhost:5000/dindind/node", "localhost:5000", "dindind/node", "latest"),
 ])
 def test_ref_parsing(ref, host, name, tag):
-    repo, t = engine.split_ref(ref)
-    assert t == tag and engine._registry_host(repo) == (host, name)
+    repo, t = docker_images.split_ref(ref)
+    assert t == tag and docker_registry._registry_host(repo) == (host, name)
 
 
 @pytest.mark.parametrize("host, loopback", [("127.0.0.1:5000", True), ("localhost:5000", True),
                                             ("[::1]:5000", True), ("127.8.9.1", True),
                                             ("10.0.0.1:5000", False), ("registry.example.com", False)])
 def test_loopback_registries_use_plain_http(host, loopback):
-    assert engine._is_loopback(host) is loopback
+    assert docker_registry._is_loopback(host) is loopback

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dindind import dockerarchive, sample
+from dindind.docker import archive as dockerarchive
+from dindind.build.sources import sample
 
 VERSION = "v1.31.2"
 EPOCH = 1700000000

@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from dindind import sample, sample_kube
+from dindind.build.sources import sample, sample_kube
 
 VERSION = "v1.31.2+sample"
 EPOCH = 1700000000

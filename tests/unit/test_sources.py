@@ -13,9 +13,10 @@ from types import MappingProxyType
 
 import pytest
 
-from dindind import config, fsutil, sample, sources
-from dindind.errors import InputError
-from dindind.layout import COMPONENT_IMAGES, SERVER_BINARIES, Layout
+from dindind.base import config, fsutil
+from dindind.build.sources import sample, tree as sources
+from dindind.base.errors import InputError
+from dindind.base.layout import COMPONENT_IMAGES, SERVER_BINARIES, Layout
 
 VERSION = "v1.31.2+sample"
 EPOCH = 1700000000

@@ -8,7 +8,7 @@ from doit.loader import load_tasks
 from doit.task import Task
 
 from dindind import tasks
-from dindind.config import ROOT
+from dindind.base.config import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,8 @@ def test_bad_task_parameters_are_one_line_before_anything_runs(tmp_path, args, m
 
 
 def test_cluster_paths_stay_inside_artifacts_clusters(tmp_path):
-    from dindind.errors import DindindError
-    from dindind.layout import Layout, inside
+    from dindind.base.errors import DindindError
+    from dindind.base.layout import Layout, inside
 
     lay = Layout(tmp_path)
     assert lay.cluster("demo") == tmp_path / "artifacts" / "clusters" / "demo"

@@ -1,7 +1,7 @@
 """Write each node's kubeadm configuration to /etc/dindind/kubeadm.conf."""
 
-from ...errors import DindindError
-from .. import kubeadm
+from dindind.base.errors import DindindError
+from dindind.cluster import kubeadm
 
 TITLE = "Writing configuration"
 PATH = "/etc/dindind/kubeadm.conf"

@@ -1,6 +1,6 @@
 """kubeadm init on the control-plane node (preflight skipped, as kind does)."""
 
-from .config import run_kubeadm
+from dindind.cluster.actions.config import run_kubeadm
 
 TITLE = "Starting control-plane"
 

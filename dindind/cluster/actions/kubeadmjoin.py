@@ -2,7 +2,7 @@
 
 import concurrent.futures
 
-from .config import run_kubeadm
+from dindind.cluster.actions.config import run_kubeadm
 
 TITLE = "Joining worker nodes"
 

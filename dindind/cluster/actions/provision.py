@@ -3,7 +3,8 @@
 import os
 import time
 
-from ...errors import DindindError
+from dindind.base.errors import DindindError
+from dindind.cluster.plan import API_PORT
 
 TITLE = "Preparing nodes"
 SNAPSHOTS = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs"
@@ -11,7 +12,7 @@ SYSTEMD_WAIT = 60
 
 
 def node_run_args(ctx, node):
-    """Everything ``docker run`` gets for one node, as engine.run_container keywords."""
+    """Everything ``docker run`` gets for one node, as containers.run_container keywords."""
     plan = ctx.plan
     # Only containerd's snapshots need a volume (overlayfs cannot stack on the
     # container's own overlay root). Its content store and metadata stay in the
@@ -36,7 +37,7 @@ def node_run_args(ctx, node):
     if os.path.isdir("/lib/modules"):
         kw["binds_ro"] = {"/lib/modules": "/lib/modules"}
     if node.is_control_plane and ctx.publish:
-        kw["ports"] = {6443: ctx.publish}
+        kw["ports"] = {API_PORT: ctx.publish}
     return kw
 
 

@@ -2,8 +2,9 @@
 
 import time
 
-from ...errors import DindindError
-from .. import api
+from dindind.base.errors import DindindError
+from dindind.cluster import api
+from dindind.cluster.plan import API_PORT
 
 TITLE = "Waiting for nodes to be Ready"
 
@@ -32,6 +33,6 @@ def execute(ctx):
         return
     # the kubeconfig names the control plane by its container name, which only
     # the nodes' network resolves: ask its address instead (a SAN of the cert)
-    server = f"https://{ctx.node_ips[ctx.plan.control_plane.name]}:6443"
+    server = f"https://{ctx.node_ips[ctx.plan.control_plane.name]}:{API_PORT}"
     waited = wait(ctx.kubeconfig, [n.name for n in ctx.plan.nodes], ctx.plan.settings.wait, server=server)
     ctx.status.info(f"{len(ctx.plan.nodes)} nodes Ready after {waited:.1f}s")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import jinja2
 
-from . import fsutil
-from .errors import DindindError
+from dindind.base import fsutil
+from dindind.base.errors import DindindError
 
 _SAFE = re.compile(r"^[^\n\r\x00]*$")
 

@@ -12,10 +12,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import engine, fsutil, proc, release, render
-from .config import ROOT
-from .errors import DindindError
-from .layout import docker_tag
+from dindind.docker import engine
+from dindind.docker import images as docker_images
+from dindind.base import fsutil, proc, render
+from dindind.build import provenance
+from dindind.base.config import ROOT
+from dindind.base.errors import DindindError
+from dindind.base.layout import docker_tag
 
 BASE_RECIPE = 3  # bump when build_base's recipe changes
 # Documentation, man pages and locales are not installed in any dindind image.
@@ -64,13 +67,6 @@ def base_ref(cfg):
     return f"{cfg.base['repository']}:{cfg.base['suite']}-{fsutil.digest_json(base_inputs(cfg))[:12]}"
 
 
-def read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise DindindError(f"cannot read {path}: {exc}", hint="run `doit build` again") from None
-
-
 def write_stamp(path, image_id, tags, inputs, extra=None):
     stamp = {"id": image_id, "tags": list(tags), "inputs": inputs}
     stamp.update(extra or {})
@@ -100,7 +96,7 @@ def build_base(cfg, layout, echo=print):
     if image:
         echo(f"  reusing {ref}")
     elif cfg.base["image"]:
-        image = engine.pull(ref)
+        image = docker_images.pull(ref)
     else:
         image = _debootstrap_import(cfg, layout, ref, inputs, echo)
     return write_stamp(layout.stamp("base"), image, [ref], inputs)
@@ -143,7 +139,7 @@ def _debootstrap_import(cfg, layout, ref, inputs, echo):
         changes = ['ENV container=docker', 'CMD ["/bin/bash"]']
         changes += [f'LABEL {k}="{v}"' for k, v in input_labels({"base": fsutil.digest_json(inputs)}).items()]
         echo(f"  docker import -> {ref}")
-        return engine.import_rootfs(tar, ref, changes)
+        return docker_images.import_rootfs(tar, ref, changes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -167,8 +163,8 @@ def node_context(cfg, tree, base_stamp, deb_names):
 
 
 def render_node(cfg, layout, deb_names):
-    tree = read_json(layout.kubernetes / "tree.json")
-    base = read_json(layout.stamp("base"))
+    tree = fsutil.read_json(layout.kubernetes / "tree.json", "Kubernetes tree summary")
+    base = fsutil.read_json(layout.stamp("base"), "base image stamp")
     ctx = node_context(cfg, tree, base, deb_names)
     return render.render_tree(layout.templates / "node", ctx, layout.context / "node")
 
@@ -184,8 +180,8 @@ def build_node(cfg, layout, deb_names, echo=print):
     and is copied with ``COPY <dir>/ /``, so the directories a COPY creates carry the
     context's clamped mtimes too and the layer is the same in every build.
     """
-    tree = read_json(layout.kubernetes / "tree.json")
-    base = read_json(layout.stamp("base"))
+    tree = fsutil.read_json(layout.kubernetes / "tree.json", "Kubernetes tree summary")
+    base = fsutil.read_json(layout.stamp("base"), "base image stamp")
     ctx = fsutil.DeterministicTar(cfg.source_date_epoch)
     ctx.add_tree("", layout.context / "node")
     parts = {}
@@ -204,7 +200,7 @@ def build_node(cfg, layout, deb_names, echo=print):
     labels = input_labels(inputs)
     labels[f"{LABEL}.kubernetes.version"] = tree["version"]
     labels[f"{LABEL}.preload"] = str(bool(cfg.node["preload"])).lower()
-    labels.update(release.oci_labels(tree["version"], layout.root, cfg.source_date_epoch))
+    labels.update(provenance.oci_labels(tree["version"], layout.root, cfg.source_date_epoch))
     image = _build_context(layout, "node", ctx, [refs["node"]], labels, echo)
     return write_stamp(layout.stamp("node"), image, [refs["node"]], inputs,
                        {"kubernetes_version": tree["version"], "preload": bool(cfg.node["preload"])})
@@ -216,7 +212,7 @@ def _build_context(layout, name, ctx, tags, labels, echo):
     try:
         ctx.write_to(tar)
         echo(f"  docker build -t {tags[0]} ({tar.stat().st_size / 1e6:.1f} MB context)")
-        return engine.build(tar, tags, labels=labels, log_path=layout.images / f"{name}.build.log", echo=echo)
+        return docker_images.build(tar, tags, labels=labels, log_path=layout.images / f"{name}.build.log", echo=echo)
     finally:
         tar.unlink(missing_ok=True)
 
@@ -229,7 +225,7 @@ def node_archive_name(cfg):
 
 def save_node(cfg, layout, echo=print):
     """Save the node image once, compressed, for the cluster image."""
-    stamp = read_json(layout.stamp("node"))
+    stamp = fsutil.read_json(layout.stamp("node"), "node image stamp")
     out = layout.images / node_archive_name(cfg)
     ref = stamp["tags"][0]
     if engine.image_id(ref) != stamp["id"]:
@@ -237,7 +233,7 @@ def save_node(cfg, layout, echo=print):
                            hint="run `doit build` again (the node image was retagged behind dindind's back)")
     echo(f"  docker save {ref} -> {out.name}")
     # by tag, so the archive's RepoTags carry it; zstd -9: 10% smaller than -3 for ~3 s more
-    engine.save(ref, out, compress=cfg.cluster["compression"], level=9)
+    docker_images.save(ref, out, compress=cfg.cluster["compression"], level=9)
     return out
 
 
@@ -251,23 +247,40 @@ def cluster_context(cfg, base_stamp, node_stamp):
 
 
 def render_cluster(cfg, layout):
-    ctx = cluster_context(cfg, read_json(layout.stamp("base")), read_json(layout.stamp("node")))
+    ctx = cluster_context(cfg, fsutil.read_json(layout.stamp("base"), "base image stamp"), fsutil.read_json(layout.stamp("node"), "node image stamp"))
     return render.render_tree(layout.templates / "cluster", ctx, layout.context / "cluster")
 
 
+# What the cluster image runs: the in-cluster entry point (dindind/cluster/incluster.py)
+# and everything it imports, which is base, docker and the cluster core. The build
+# and release stages, the doit glue and the host side of clusters stay out, so an
+# edit there leaves the cluster image as it is (tests/unit/test_cluster_image.py).
+CLUSTER_IMAGE_PACKAGES = ("dindind/base", "dindind/docker", "dindind/cluster")
+HOST_ONLY = ("dindind/cluster/host.py",)
+
+
 def package_files(root=ROOT):
-    """The dindind package's own files (and the kubeadm templates) that ship in the cluster image."""
+    """The dindind files (and the kubeadm templates) that ship in the cluster image, sorted."""
     root = Path(root)
-    files = [p for p in (root / "dindind").rglob("*")
-             if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".j2", ".json", ".yaml")]
-    files += [p for p in (root / "templates" / "kubeadm").rglob("*.j2")]
+    files = [root / "dindind" / "__init__.py"]
+    for pkg in CLUSTER_IMAGE_PACKAGES:
+        files += [p for p in (root / pkg).rglob("*.py")
+                  if "__pycache__" not in p.parts and p.relative_to(root).as_posix() not in HOST_ONLY]
+    files += list((root / "templates" / "kubeadm").rglob("*.j2"))
     return sorted(files)
+
+
+def package_digest(root=ROOT):
+    """The digest of :func:`package_files` (names and contents): the cluster image's ``dindind`` input."""
+    root = Path(root)
+    return "sha256:" + fsutil.digest_json({p.relative_to(root).as_posix(): fsutil.sha256_file(p)
+                                           for p in package_files(root)})
 
 
 def build_cluster(cfg, layout, test_bins, echo=print):
     """Build the cluster image: base + engine + node image archive + test binaries + dindind."""
-    node = read_json(layout.stamp("node"))
-    base = read_json(layout.stamp("base"))
+    node = fsutil.read_json(layout.stamp("node"), "node image stamp")
+    base = fsutil.read_json(layout.stamp("base"), "base image stamp")
     ctx = fsutil.DeterministicTar(cfg.source_date_epoch)
     ctx.add_tree("", layout.context / "cluster")
     archive = layout.images / node_archive_name(cfg)
@@ -276,13 +289,10 @@ def build_cluster(cfg, layout, test_bins, echo=print):
     for name, path in sorted(test_bins.items()):
         ctx.add_file(f"bin/usr/local/bin/{name}", path, 0o755)
         parts[f"bin.{name}"] = Path(path)
-    pkg = {}
     for p in package_files(layout.root):
-        rel = p.relative_to(layout.root).as_posix()
-        ctx.add_file(f"python/opt/dindind/python/{rel}", p)
-        pkg[rel] = fsutil.sha256_file(p)
+        ctx.add_file(f"python/opt/dindind/python/{p.relative_to(layout.root).as_posix()}", p)
     inputs = _digests(parts)
-    inputs["dindind"] = "sha256:" + fsutil.digest_json(pkg)
+    inputs["dindind"] = package_digest(layout.root)
     inputs["node"] = node["id"]
     inputs["base"] = base["id"]
     version = node["kubernetes_version"]
@@ -290,7 +300,7 @@ def build_cluster(cfg, layout, test_bins, echo=print):
     labels = input_labels(inputs)
     labels[f"{LABEL}.kubernetes.version"] = version
     labels[f"{LABEL}.node-image"] = node["tags"][0]
-    labels.update(release.oci_labels(version, layout.root, cfg.source_date_epoch))
+    labels.update(provenance.oci_labels(version, layout.root, cfg.source_date_epoch))
     image = _build_context(layout, "cluster", ctx, [ref], labels, echo)
     return write_stamp(layout.stamp("cluster"), image, [ref], inputs,
                        {"kubernetes_version": version, "node_image": node["tags"][0]})

@@ -8,10 +8,10 @@ so ``doit list`` shows every verb with its help line, and there is no
 
 from doit.cmdparse import CmdParseError
 
-from .. import config as config_mod
-from ..errors import DindindError
-from ..tasks import action
-from ..tasks import load_inputs as _ctx
+from dindind.base import config as config_mod
+from dindind.base.errors import DindindError
+from dindind.tasks import action
+from dindind.tasks import load_inputs as _ctx
 
 
 def _param(check):
@@ -64,7 +64,7 @@ NAME = {"name": "name", "long": "name", "type": _param(_name), "default": "",
 
 @action
 def do_up(config_path, root, name, workers, retain, wait):
-    from . import host
+    from dindind.cluster import host
 
     cfg, lay = _ctx(config_path, root)
     host.up(cfg, lay, name or None, workers, retain, wait)
@@ -72,7 +72,7 @@ def do_up(config_path, root, name, workers, retain, wait):
 
 @action
 def do_down(config_path, root, name):
-    from . import host
+    from dindind.cluster import host
 
     cfg, lay = _ctx(config_path, root)
     host.down(cfg, lay, name or None)
@@ -80,14 +80,14 @@ def do_down(config_path, root, name):
 
 @action
 def do_status():
-    from . import host
+    from dindind.cluster import host
 
     host.status()
 
 
 @action
 def do_kubeconfig(config_path, root, name):
-    from . import host
+    from dindind.cluster import host
 
     cfg, lay = _ctx(config_path, root)
     name = host.cluster_name(cfg, name)
@@ -100,7 +100,7 @@ def do_kubeconfig(config_path, root, name):
 
 @action
 def do_logs(config_path, root, name):
-    from . import host
+    from dindind.cluster import host
 
     cfg, lay = _ctx(config_path, root)
     host.logs(cfg, lay, name or None)
@@ -108,7 +108,7 @@ def do_logs(config_path, root, name):
 
 @action
 def do_load(config_path, root, name, image):
-    from . import host
+    from dindind.cluster import host
 
     cfg, lay = _ctx(config_path, root)
     host.load(cfg, lay, image, name or None)
@@ -116,7 +116,7 @@ def do_load(config_path, root, name, image):
 
 @action
 def do_e2e(config_path, root, name, focus, skip, parallel, flake_attempts):
-    from . import host
+    from dindind.cluster import host
 
     cfg, lay = _ctx(config_path, root)
     host.e2e(cfg, lay, name or None, focus or None, skip or None, parallel, flake_attempts)

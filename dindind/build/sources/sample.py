@@ -27,12 +27,12 @@ listed and inspected, but a container started from one cannot exec it.
 import json
 import os
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 
-from . import dockerarchive, fsutil
-from .config import VERSION_RE
-from .layout import COMPONENT_IMAGES, SERVER_BINARIES, docker_tag
+from dindind.docker import archive as dockerarchive
+from dindind.base import fsutil
+from dindind.base.config import VERSION_RE
+from dindind.base.layout import COMPONENT_IMAGES, SERVER_BINARIES, docker_tag, rfc3339
 
 ARCH = "amd64"
 REGISTRY = "registry.k8s.io"
@@ -190,14 +190,10 @@ def component_ref(name, version):
     return f"{REGISTRY}/{name}-{ARCH}:{docker_tag(version)}"
 
 
-def _build_date(epoch):
-    return datetime.fromtimestamp(int(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def kube_program(version, epoch):
     """The text of the kubelet/kubeadm stand-in program (:mod:`dindind.sample_kube`) for ``version`` (pure)."""
     build = {"apiserver_image": component_ref("kube-apiserver", version), "arch": ARCH,
-             "date": _build_date(epoch), "go": GO_VERSION, "version": version}
+             "date": rfc3339(epoch), "go": GO_VERSION, "version": version}
     line = f"BUILD = {json.dumps(build, sort_keys=True)}  # set by dindind.sample"
     text, count = _BUILD_LINE.subn(lambda _: line, _PYTHON_PROGRAM.read_text(), count=1)
     assert count == 1, f"{_PYTHON_PROGRAM} has no BUILD line"
@@ -212,7 +208,7 @@ def standin(name, version, epoch):
     values = {
         "NAME": name, "VERSION": version, "MAJOR": major, "MINOR": minor,
         "COMMIT": "0" * 40, "COMMIT7": "0" * 7, "GO": GO_VERSION, "ARCH": ARCH,
-        "KUSTOMIZE": KUSTOMIZE_VERSION, "GINKGO": GINKGO_VERSION, "DATE": _build_date(epoch),
+        "KUSTOMIZE": KUSTOMIZE_VERSION, "GINKGO": GINKGO_VERSION, "DATE": rfc3339(epoch),
     }
     text = _SCRIPT.replace("@ARMS@", STANDINS[name])
     for key, value in values.items():

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from . import download, dockerarchive, fsutil, sample
-from .config import TAG_RE, VERSION_RE
-from .errors import InputError
-from .layout import COMPONENT_IMAGES, SERVER_BINARIES, docker_tag
+from dindind.base import download, fsutil
+from dindind.docker import archive as dockerarchive
+from dindind.build.sources import sample
+from dindind.base.config import PKG_RE, TAG_RE, VERSION_RE
+from dindind.base.errors import InputError
+from dindind.base.layout import COMPONENT_IMAGES, SERVER_BINARIES, docker_tag
 
 ARCH = sample.ARCH
 REGISTRY = sample.REGISTRY
@@ -385,7 +387,7 @@ def _node_packages(root):
         pkgs = json.loads(path.read_text()).get("node_packages", [])
     except (OSError, ValueError, AttributeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
-    bad = [p for p in pkgs if not isinstance(p, str) or not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", p)]
+    bad = [p for p in pkgs if not isinstance(p, str) or not re.fullmatch(PKG_RE, p)]
     if bad:
         raise InputError(f"{path}: node_packages has invalid package names: {bad!r}")
     return sorted(pkgs)

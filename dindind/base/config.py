@@ -32,9 +32,9 @@ from types import MappingProxyType
 
 import yaml
 
-from .errors import ConfigError, DindindError, InputError
+from dindind.base.errors import ConfigError, DindindError, InputError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
 SCHEMA_PATH = ROOT / "config" / "config.schema.json"
 

@@ -2,7 +2,8 @@
 
 Every expected failure is a :class:`DindindError`. Its message says what is
 wrong; its ``hint`` says what to do next. The doit front end and the command
-line print it as ``ERROR: ...`` without a traceback (see dindind.cli).
+line print it as ``ERROR: ...`` without a traceback (dindind.tasks.Reporter,
+dindind.__main__).
 """
 
 

@@ -12,9 +12,17 @@ dockerd cleanly and exits 0.
 
 import os
 import signal
-import subprocess
 import sys
 import time
+
+from dindind.base import proc
+from dindind.base.errors import DindindError
+from dindind.cluster import create as create_mod
+from dindind.cluster import plan as plan_mod
+from dindind.cluster.actions import cni, provision, waitready
+from dindind.cluster.context import Context
+from dindind.cluster.status import Status
+from dindind.docker import containers, engine, images
 
 DOCKERD_LOG = "/var/log/dockerd.log"
 STATE = "/var/lib/dindind"
@@ -25,52 +33,18 @@ def log(msg):
     print(f"dindind: {msg}", flush=True)
 
 
-def start_dockerd(timeout=60):
-    """Start dockerd and wait until it answers; return the process."""
-    out = open(DOCKERD_LOG, "ab")
-    p = subprocess.Popen(["dockerd", "--host=unix:///var/run/docker.sock"], stdout=out, stderr=out)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if subprocess.run(["docker", "version"], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL).returncode == 0:
-            return p
-        if p.poll() is not None:
-            break
-        time.sleep(0.3)
-    with open(DOCKERD_LOG, "rb") as f:
-        tail = f.read()[-2000:].decode(errors="replace")
-    raise SystemExit(f"dindind: dockerd did not start:\n{tail}")
-
-
 def load_node_image(ref, archive):
     """Load the node image from its archive unless the engine has it already."""
-    if subprocess.run(["docker", "image", "inspect", ref], stdout=subprocess.DEVNULL,
-                      stderr=subprocess.DEVNULL).returncode == 0:
+    t = time.monotonic()
+    if not images.load_archive(ref, archive):
         log(f"node image {ref} already loaded")
         return
-    t = time.monotonic()
-    if archive.endswith(".zst"):
-        z = subprocess.Popen(["zstd", "-dc", archive], stdout=subprocess.PIPE)
-        rc = subprocess.run(["docker", "load", "-q"], stdin=z.stdout, stdout=subprocess.DEVNULL).returncode
-        z.stdout.close()
-        rc = rc or z.wait()
-    else:
-        rc = subprocess.run(["docker", "load", "-q", "-i", archive], stdout=subprocess.DEVNULL).returncode
-    if rc:
-        raise SystemExit(f"dindind: cannot load the node image from {archive}")
     log(f"node image {ref} loaded in {time.monotonic() - t:.1f}s")
 
 
 def bring_up(settings, node_image):
     """Create the cluster, or restart the one this container already holds."""
-    from . import engine
-    from .cluster import create as create_mod
-    from .cluster import plan as plan_mod
-    from .cluster.actions import cni, provision, waitready
-    from .cluster.context import Context
-    from .cluster.status import Status
-
-    existing = engine.containers({plan_mod.CLUSTER_LABEL: settings.name})
+    existing = containers.containers({plan_mod.CLUSTER_LABEL: settings.name})
     kubeconfig_path = os.path.join(STATE, "kubeconfig")
     if existing and os.path.exists(kubeconfig_path):
         log(f"restarting {len(existing)} existing node(s)")
@@ -80,7 +54,7 @@ def bring_up(settings, node_image):
             ctx.kubeconfig = f.read()
         with ctx.status.step("Starting nodes"):
             for node in plan.nodes:
-                engine.start_container(node.name)
+                containers.start_container(node.name)
             for node in plan.nodes:
                 provision.wait_for_systemd(ctx, node)
                 ctx.node_ips[node.name] = node.ip
@@ -91,7 +65,7 @@ def bring_up(settings, node_image):
             waitready.execute(ctx)
         return
     plan = plan_mod.make_plan(settings)
-    ctx = create_mod.create(plan, node_image, publish=("0.0.0.0", 6443))
+    ctx = create_mod.create(plan, node_image, publish=("0.0.0.0", plan_mod.API_PORT))
     os.makedirs(STATE, exist_ok=True)
     fd = os.open(kubeconfig_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -100,10 +74,10 @@ def bring_up(settings, node_image):
 
 
 def stop_nodes():
-    out = subprocess.run(["docker", "ps", "-q", "--filter", "label=io.dindind.cluster"],
-                         stdout=subprocess.PIPE, text=True).stdout.split()
-    if out:
-        subprocess.run(["docker", "stop", "-t", "20", *out], stdout=subprocess.DEVNULL)
+    try:
+        containers.stop_containers({plan_mod.CLUSTER_LABEL: None}, timeout=20)
+    except DindindError as exc:          # stopping anyway: dockerd stops what is left
+        log(f"could not stop the nodes: {exc.message}")
 
 
 def main(argv=None):
@@ -114,17 +88,18 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    dockerd = start_dockerd()
-    log("dockerd is up")
-    node_image = os.environ["DINDIND_NODE_IMAGE"]
-    load_node_image(node_image, os.environ["DINDIND_NODE_ARCHIVE"])
+    try:
+        dockerd = engine.start_dockerd(DOCKERD_LOG, args=["--host=unix:///var/run/docker.sock"])
+        log("dockerd is up")
+        node_image = os.environ["DINDIND_NODE_IMAGE"]
+        load_node_image(node_image, os.environ["DINDIND_NODE_ARCHIVE"])
+    except DindindError as exc:
+        print(exc.render(), flush=True)
+        return 1
     settings_json = os.environ.get("DINDIND_CLUSTER")
     code = 0
     if settings_json:
-        from .cluster.plan import Settings
-        from .errors import DindindError
-
-        settings = Settings.from_json(settings_json)
+        settings = plan_mod.Settings.from_json(settings_json)
         try:
             bring_up(settings, node_image)
             log("cluster ready")
@@ -146,11 +121,7 @@ def main(argv=None):
         time.sleep(0.5)
     log("stopping")
     stop_nodes()
-    dockerd.terminate()
-    try:
-        dockerd.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        dockerd.kill()
+    proc.stop(dockerd, timeout=30)
     return code
 
 

@@ -4,10 +4,11 @@ Pure values: no I/O. Everything dindind writes is under ``artifacts/``.
 """
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import ROOT, check_name
-from .errors import DindindError
+from dindind.base.config import ROOT, check_name
+from dindind.base.errors import DindindError
 
 COMPONENT_IMAGES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy")
 SERVER_BINARIES = ("kubelet", "kubeadm", "kubectl") + COMPONENT_IMAGES
@@ -25,6 +26,11 @@ def deb_version(version):
     core, plus, meta = v.partition("+")
     core = core.replace("-", "~", 1).replace("-", ".")
     return f"{core}{plus}{meta}-1"
+
+
+def rfc3339(epoch):
+    """A Unix time as RFC 3339 in UTC (``2023-11-14T22:13:20Z``): image and build dates from SOURCE_DATE_EPOCH."""
+    return datetime.fromtimestamp(int(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def inside(root, path):

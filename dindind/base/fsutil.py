@@ -20,7 +20,7 @@ import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from .errors import InputError
+from dindind.base.errors import DindindError, InputError
 
 CHUNK = 1 << 20
 
@@ -94,6 +94,16 @@ def write_text(path, text, mode=None):
 
 def write_json(path, value, mode=None):
     return write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n", mode)
+
+
+def read_json(path, what="file", hint="run `doit build` again"):
+    """The parsed JSON file at ``path`` (a stamp, tree.json ...); DindindError naming it when it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DindindError(f"the {what} {path} is missing", hint=hint) from None
+    except (OSError, ValueError) as exc:
+        raise DindindError(f"cannot read the {what} {path}: {exc}", hint=hint) from None
 
 
 def write_if_changed(path, data, mode=0o644):

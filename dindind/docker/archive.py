@@ -15,11 +15,11 @@ import io
 import json
 import posixpath
 import tarfile
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from . import fsutil
-from .errors import InputError
+from dindind.base import fsutil
+from dindind.base.errors import InputError
+from dindind.base.layout import rfc3339
 
 DEFAULT_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
 MAX_JSON = 16 << 20          # manifest.json and configs are small; refuse absurd ones
@@ -65,7 +65,7 @@ def image_bytes(repo_tags, files, *, epoch, entrypoint=None, env=None):
         raise ValueError("an image needs at least one repo tag")
     layer = _layer_bytes(files, epoch)
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
-    created = datetime.fromtimestamp(int(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = rfc3339(epoch)
     container_config = {"Env": _env_list(env)}
     if entrypoint:
         container_config["Entrypoint"] = list(entrypoint)

@@ -29,10 +29,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from . import cni, fsutil, proc, render
-from .config import VERSION_RE
-from .errors import CommandError, InputError
-from .layout import DEBS, deb_version
+from dindind.build import cni
+from dindind.base import fsutil, proc, render
+from dindind.base.config import VERSION_RE
+from dindind.base.errors import CommandError, InputError
+from dindind.base.layout import DEBS, deb_version
 
 ARCH = "amd64"
 MAINTAINER = "dindind <dindind@localhost>"
@@ -49,6 +50,10 @@ DEPENDS = {
     "kubectl": (),
     "kubeadm": ("kubelet", "kubectl", "kubernetes-cni"),      # + cri-tools when it is built
 }
+
+# The package built only when the tree has a crictl, and who depends on it then.
+OPTIONAL = "cri-tools"
+OPTIONAL_DEPENDS = ("kubeadm",)
 
 # How a package's version is derived from its version file at build time.
 #   kubernetes: v1.31.2-rc.1+x -> 1.31.2~rc.1+x-1 (layout.deb_version)
@@ -80,8 +85,8 @@ class DebSpec:
 
 def _context(name, has_crictl):
     depends = list(DEPENDS[name])
-    if name == "kubeadm" and has_crictl:
-        depends.append("cri-tools")
+    if name in OPTIONAL_DEPENDS and has_crictl:
+        depends.append(OPTIONAL)
     return {
         "package": name,
         "architecture": ARCH,
@@ -130,7 +135,7 @@ def specs(cfg, layout, has_crictl=None):
     ``has_crictl=None`` looks for ``kubernetes/server/bin/crictl`` in the tree
     (one stat; the only I/O here).
     """
-    from . import sources
+    from dindind.build.sources import tree as sources
 
     paths = sources.tree_paths(sources.tree_root(cfg, layout))
     if has_crictl is None:

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import fsutil
-from .errors import InputError
+from dindind.base import fsutil
+from dindind.base.errors import InputError
 
 TIMEOUT = 60                # seconds without a byte before a transfer counts as stalled
 DEADLINE = 1800             # seconds a whole download may take, retries included

@@ -21,8 +21,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from . import download, fsutil, proc
-from .errors import CommandError, DindindError, InputError
+from dindind.base import download, fsutil, proc
+from dindind.base.errors import CommandError, DindindError, InputError
 
 # What kubernetes-cni ships: the plugins of containernetworking/plugins that
 # both Debian's package (usr/lib/cni/) and the upstream release tgz (1.x) hold.

@@ -1,0 +1,1 @@
+"""The build stage: the Kubernetes tree, CNI plugins, .debs, the base, node and cluster images."""

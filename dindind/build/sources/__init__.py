@@ -1,0 +1,1 @@
+"""Where the Kubernetes tree comes from: one module per source."""

@@ -1,0 +1,303 @@
+"""Containers, volumes and networks: what a cluster is made of, and files in and out of them.
+
+The engine's archives are untrusted like any other: what comes out of a
+container goes through dindind.base.fsutil's one safe extractor.
+"""
+
+import io
+import os
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from dindind.base import fsutil
+from dindind.base.errors import CommandError, EngineError
+from dindind.docker import engine
+
+# The capability set that works where --privileged is refused (restricted VMs
+# whose bounding set lacks CAP_SYS_RESOURCE): everything else, unconfined.
+FALLBACK = {
+    "cap_add": ["ALL"],
+    "cap_drop": ["SYS_RESOURCE"],
+    "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+    "device_cgroup_rules": ["a *:* rwm"],
+}
+
+
+PRIVILEGED = {"privileged": True, "security_opt": ["seccomp=unconfined", "apparmor=unconfined"]}
+
+
+def privilege_opts(image):
+    """The host-config options for a container that needs privilege.
+
+    Tries ``--privileged`` once with a throwaway container; where the engine
+    refuses it (CAP_SYS_RESOURCE outside the bounding set, as on restricted
+    VMs) returns the capability fallback, FALLBACK. Detect, don't ask.
+    """
+    api = engine.client()
+    for opts in (PRIVILEGED, FALLBACK):
+        hc = api.create_host_config(**opts)
+        name = f"dindind-probe-{os.getpid()}-{int(time.time() * 1000)}"
+        try:
+            c = api.create_container(image, command=["true"], entrypoint=[], host_config=hc, name=name,
+                                     labels={"io.dindind.probe": "1"})
+            try:
+                api.start(c)
+                if api.wait(c, timeout=60).get("StatusCode") == 0:
+                    return dict(opts)
+            finally:
+                api.remove_container(c, force=True, v=True)
+        except engine.sdk_errors():
+            continue
+    raise EngineError("the engine refuses both --privileged and the capability fallback",
+                      hint="dindind needs an engine that can run systemd in a container")
+
+
+def run_args(opts):
+    """``docker run`` command-line flags for privilege options from privilege_opts()."""
+    args = []
+    if opts.get("privileged"):
+        args.append("--privileged")
+    args += [f"--cap-add={c}" for c in opts.get("cap_add", [])]
+    args += [f"--cap-drop={c}" for c in opts.get("cap_drop", [])]
+    args += [f"--security-opt={s}" for s in opts.get("security_opt", [])]
+    args += [f"--device-cgroup-rule={r}" for r in opts.get("device_cgroup_rules", [])]
+    return args
+
+
+def create_network(name, subnet, labels):
+    """A user-defined bridge network (embedded DNS), labelled."""
+    api = engine.client()
+    import docker.types
+
+    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+    return engine.call(f"create network {name}", api.create_network, name, driver="bridge", ipam=ipam,
+                 labels=labels, check_duplicate=True)["Id"]
+
+
+def create_volume(name, labels):
+    return engine.call(f"create volume {name}", engine.client().create_volume, name=name, labels=labels)["Name"]
+
+
+def run_container(image, name, *, labels, command=None, entrypoint=None, hostname=None, network=None,
+                  ip=None, volumes=None, tmpfs=None, ports=None, env=None, sysctls=None, privilege=None,
+                  cgroupns=None, stop_signal=None, restart=None, binds_ro=None, stop_timeout=None):
+    """Create and start a container; return its id.
+
+    ``volumes`` maps a volume name to a mount point; ``ports`` maps a container
+    port to ``(host address, host port)``; ``privilege`` is privilege_opts().
+    """
+    api = engine.client()
+    binds = {v: {"bind": p, "mode": "rw"} for v, p in (volumes or {}).items()}
+    for src, dst in (binds_ro or {}).items():
+        binds[src] = {"bind": dst, "mode": "ro"}
+    hc = api.create_host_config(
+        binds=binds or None, tmpfs=tmpfs, port_bindings={f"{p}/tcp": (b[0],) if b[1] is None else b
+                                                         for p, b in (ports or {}).items()} or None,
+        sysctls=sysctls, restart_policy=restart, network_mode=network, init=False, **(privilege or {}))
+    if cgroupns:
+        hc["CgroupnsMode"] = cgroupns
+    netcfg = None
+    if network:
+        netcfg = api.create_networking_config({network: api.create_endpoint_config(ipv4_address=ip)})
+    c = engine.call(f"create container {name}", api.create_container, image, command=command, entrypoint=entrypoint,
+              name=name, hostname=hostname, labels=labels, environment=env, host_config=hc, tty=True,
+              networking_config=netcfg, stop_signal=stop_signal, stop_timeout=stop_timeout,
+              ports=[int(p) for p in (ports or {})] or None,
+              volumes=list((volumes or {}).values()) + list((binds_ro or {}).values()) or None)
+    engine.call(f"start container {name}", api.start, c["Id"])
+    return c["Id"]
+
+
+def start_container(name):
+    engine.call(f"start container {name}", engine.client().start, name)
+
+
+def inspect_container(name):
+    return engine.call(f"inspect container {name}", engine.client().inspect_container, name)
+
+
+def exec_in(container, cmd, *, check=True, environment=None, workdir=None):
+    """Run ``cmd`` in a running container; return (exit code, combined output)."""
+    api = engine.client()
+    ex = engine.call(f"exec in {container}", api.exec_create, container, cmd, environment=environment, workdir=workdir)
+    out = engine.call(f"exec in {container}", api.exec_start, ex["Id"])
+    code = engine.call(f"exec in {container}", api.exec_inspect, ex["Id"])["ExitCode"]
+    text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+    if check and code != 0:
+        raise CommandError(["docker", "exec", container] + list(cmd), code, text)
+    return code, text
+
+
+def put_file(container, path, data, mode=0o644):
+    """Write one small file into a running container.
+
+    Goes through a staging file on the container's root filesystem and
+    ``install``, because the engine's archive API cannot write into tmpfs
+    mounts such as /tmp and /run.
+    """
+    buf = io.BytesIO()
+    if isinstance(data, str):
+        data = data.encode()
+    stage = f".dindind-put-{os.getpid()}-{int(time.time() * 1e6)}"
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        ti = tarfile.TarInfo(stage)
+        ti.size = len(data)
+        ti.mode = 0o600
+        ti.mtime = int(time.time())
+        tf.addfile(ti, io.BytesIO(data))
+    engine.call(f"copy {path} into {container}", engine.client().put_archive, container, "/", buf.getvalue())
+    exec_in(container, ["install", "-D", "-m", f"{mode:o}", f"/{stage}", str(path)])
+    exec_in(container, ["rm", "-f", f"/{stage}"])
+
+
+def get_file(container, path):
+    """Read one (small) file out of a container."""
+    stream, _ = engine.call(f"copy {path} out of {container}", engine.client().get_archive, container, path)
+    buf = io.BytesIO(b"".join(stream))
+    with tarfile.open(fileobj=buf) as tf:
+        member = tf.getmembers()[0]
+        return tf.extractfile(member).read()
+
+
+def logs(container, tail="all"):
+    out = engine.call(f"read logs of {container}", engine.client().logs, container, tail=tail)
+    return out.decode(errors="replace")
+
+
+def stream_logs(container):
+    """Yield log lines of a container as they come (follow)."""
+    buf = b""
+    try:
+        for chunk in engine.client().logs(container, stream=True, follow=True):
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                yield line.decode(errors="replace").rstrip("\r")
+    except engine.sdk_errors() as exc:
+        raise EngineError(f"failed to follow the logs of {container}: {engine.explain(exc)}") from None
+    if buf:
+        yield buf.decode(errors="replace")
+
+
+def containers(labels, all=True):
+    """Containers carrying every ``key=value`` label given."""
+    flt = {"label": [f"{k}={v}" if v is not None else k for k, v in labels.items()]}
+    return engine.call("list containers", engine.client().containers, all=all, filters=flt)
+
+
+def volumes(labels):
+    flt = {"label": [f"{k}={v}" if v is not None else k for k, v in labels.items()]}
+    return engine.call("list volumes", engine.client().volumes, filters=flt).get("Volumes") or []
+
+
+def networks(labels):
+    flt = {"label": [f"{k}={v}" if v is not None else k for k, v in labels.items()]}
+    return engine.call("list networks", engine.client().networks, filters=flt)
+
+
+def remove_container(name, volumes=True):
+    import docker
+
+    try:
+        engine.client().remove_container(name, force=True, v=volumes)
+    except docker.errors.NotFound:
+        pass
+    except engine.sdk_errors() as exc:
+        raise EngineError(f"failed to remove container {name}: {engine.explain(exc)}") from None
+
+
+def remove_volume(name):
+    import docker
+
+    for attempt in range(10):
+        try:
+            engine.client().remove_volume(name, force=True)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409 and attempt < 9:  # still in use by a dying container
+                time.sleep(0.5)
+                continue
+            raise EngineError(f"failed to remove volume {name}: {engine.explain(exc)}") from None
+
+
+def remove_network(name):
+    import docker
+
+    try:
+        engine.client().remove_network(name)
+    except docker.errors.NotFound:
+        pass
+    except engine.sdk_errors() as exc:
+        raise EngineError(f"failed to remove network {name}: {engine.explain(exc)}") from None
+
+
+def dangling_volumes():
+    return {v["Name"] for v in (engine.call("list volumes", engine.client().volumes, filters={"dangling": True})
+                                 .get("Volumes") or [])}
+
+
+def put_archive_file(container, directory, name, fileobj, size, mode=0o644):
+    """Stream one (large) file into a container as ``directory/name`` without reading it into memory."""
+    class _TarStream:
+        """A file-like tar of one member, produced on the fly."""
+
+        def __init__(self):
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode, ti.mtime = size, mode, int(time.time())
+            self.parts = [ti.tobuf(format=tarfile.GNU_FORMAT)]
+            self.pad = b"\0" * ((512 - size % 512) % 512) + b"\0" * 1024
+
+        def __iter__(self):
+            yield self.parts[0]
+            while True:
+                chunk = fileobj.read(1 << 20)
+                if not chunk:
+                    break
+                yield chunk
+            yield self.pad
+
+    api = engine.client()
+    url = api._url("/containers/{0}/archive", container)
+    try:
+        res = api._put(url, params={"path": directory}, data=iter(_TarStream()),
+                       headers={"Content-Type": "application/x-tar"})
+        api._raise_for_status(res)
+    except engine.sdk_errors() as exc:
+        raise EngineError(f"failed to copy {name} into {container}: {engine.explain(exc)}") from None
+
+
+def get_dir(container, path, dest):
+    """Copy a directory out of a container into ``dest`` (contents only).
+
+    The engine's archive is untrusted like any other: it goes through
+    fsutil.extract_tar; only its files and directories are copied (links and
+    other entries are skipped), never anything outside ``dest``.
+    """
+    stream, _ = engine.call(f"copy {path} out of {container}", engine.client().get_archive, container, path)
+    base = Path(path).name
+
+    def strip(name):
+        parts = name.split("/")
+        return "/".join(parts[1:]) if len(parts) > 1 and parts[0] == base else None
+
+    with tempfile.TemporaryFile(dir=Path(dest).parent) as f:
+        for chunk in stream:
+            f.write(chunk)
+        f.seek(0)
+        label = f"copy of {path} from {container}"
+        try:
+            tf = tarfile.open(fileobj=f)
+        except (tarfile.TarError, EOFError) as exc:
+            raise EngineError(f"cannot read the {label}: {exc}") from None
+        with tf:
+            fsutil.extract_tar(tf, dest, label, rename=strip, members=(m for m in tf if m.isfile() or m.isdir()))
+
+
+def stop_containers(labels, timeout=20):
+    """Stop every running container carrying the ``labels`` (``docker stop -t timeout``)."""
+    for c in containers(labels, all=False):
+        engine.call(f"stop container {c['Id'][:12]}", engine.client().stop, c["Id"], timeout=timeout)

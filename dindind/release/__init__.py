@@ -1,0 +1,1 @@
+"""The release stage: export, scan, manifest, verify, push."""
