@@ -44,6 +44,7 @@ TAG_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 IMAGE_REF_RE = r"^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
 NAME_FMT = "lowercase letters, digits and '-' (at most 32 characters, starting and ending with a letter or digit)"
+DEB_VERSION_RE = r"^([0-9]+:)?[0-9][A-Za-z0-9.+~-]{0,62}$"
 SHA256_RE = r"^[0-9a-f]{64}$"
 URL_RE = r"^(https?|file)://[^\s\"'<>\\]+$"
 SUITE_RE = r"^[a-z]+$"
@@ -181,7 +182,8 @@ SPEC = {
     "base": {
         "image": Field("string", None, nullable=True, pattern=IMAGE_REF_RE, fmt="an image reference",
                        doc="use this image instead of building one with debootstrap"),
-        "suite": Field("string", "bookworm", pattern=SUITE_RE, fmt="a Debian suite name"),
+        "suite": Field("string", "trixie", pattern=SUITE_RE, fmt="a Debian suite name",
+                       doc="the Debian suite of the base rootfs (trixie; bookworm stays an option)"),
         "mirror": Field("string", "http://deb.debian.org/debian", pattern=URL_RE, fmt="an http(s) URL"),
         "repository": Field("string", "dindind/base", pattern=REPO_RE, fmt="a docker repository name"),
     },
@@ -194,6 +196,19 @@ SPEC = {
                              "(false: import them at every boot)"),
         "packages": Field("array", [], items=Field("string", pattern=PKG_RE, fmt="a Debian package name"),
                           doc="extra Debian packages for the node image"),
+        "runtime_suite": Field("string", "forky", nullable=True, pattern=SUITE_RE, fmt="a Debian suite name",
+                               doc="the Debian suite containerd and runc come from (pinned below); "
+                                   "null: the base suite's own"),
+        "containerd_version": Field("string", "2.1.9+ds1-5", pattern=DEB_VERSION_RE, fmt="a Debian version",
+                                    doc="containerd from node.runtime_suite"),
+        "containerd_sha256": Field("string", "2dda86ce7033fd612fc50e136679d8174ccad680eb29cd4611e0d2a1b84cf591",
+                                   pattern=SHA256_RE, fmt="64 lowercase hex digits",
+                                   doc="sha256 of that containerd .deb (amd64)"),
+        "runc_version": Field("string", "1.3.6+ds1-1", pattern=DEB_VERSION_RE, fmt="a Debian version",
+                              doc="runc from node.runtime_suite"),
+        "runc_sha256": Field("string", "8e95d7bdfd22242ae4d48d58e3c277ba2b69dffc4ed8e573b837e6e93925d911",
+                             pattern=SHA256_RE, fmt="64 lowercase hex digits",
+                             doc="sha256 of that runc .deb (amd64)"),
     },
     "cluster": {
         "repository": Field("string", "dindind/cluster", pattern=REPO_RE, fmt="a docker repository name"),
@@ -517,7 +532,17 @@ def _exists(path, kind):
         return False
 
 
+# suites whose glibc is older than 2.38, which the newer suites' runc needs
+OLD_GLIBC_SUITES = ("bullseye", "bookworm")
+
+
 def _cross_check(v, base_dir, problems):
+    n = v["node"]
+    if n["runtime_suite"] and not v["base"]["image"] and v["base"]["suite"] in OLD_GLIBC_SUITES \
+            and n["runtime_suite"] != v["base"]["suite"]:
+        problems.append(f"node.runtime_suite: runc {n['runc_version']} from {n['runtime_suite']} needs glibc >= 2.38, "
+                        f"which base.suite {v['base']['suite']} lacks: use base.suite: trixie, "
+                        "or node.runtime_suite: null for the suite's own containerd")
     k = v["kubernetes"]
     if k["source"] == "dir":
         if not k["path"]:

@@ -52,8 +52,17 @@ def render_string(template_root, name, context):
 
 
 def template_files(template_dir):
-    """Every file of a template tree, sorted (for file_dep)."""
+    """Every file of a template tree, sorted (for file_dep): partials included."""
     return sorted(p for p in Path(template_dir).rglob("*") if p.is_file())
+
+
+def _partial(rel):
+    """A path under a folder or name starting with ``_`` is a partial: included, never rendered alone."""
+    return any(part.startswith("_") for part in Path(rel).parts)
+
+
+def _rendered(template_dir):
+    return [p for p in template_files(template_dir) if not _partial(p.relative_to(template_dir))]
 
 
 def output_name(rel):
@@ -64,7 +73,7 @@ def output_name(rel):
 def outputs(template_dir, out_dir):
     """The files render_tree writes, sorted (for targets)."""
     template_dir = Path(template_dir)
-    return [Path(out_dir) / output_name(p.relative_to(template_dir)) for p in template_files(template_dir)]
+    return [Path(out_dir) / output_name(p.relative_to(template_dir)) for p in _rendered(template_dir)]
 
 
 def render_tree(template_dir, context, out_dir):
@@ -79,7 +88,7 @@ def render_tree(template_dir, context, out_dir):
     _check_context(context)
     env = environment(template_dir)
     wanted = set()
-    for src in template_files(template_dir):
+    for src in _rendered(template_dir):
         rel = src.relative_to(template_dir)
         dst = out_dir / output_name(rel)
         wanted.add(dst)

@@ -8,6 +8,7 @@ their input digests as labels.
 """
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from dindind.docker import engine
 from dindind.docker import images as docker_images
 from dindind.base import fsutil, proc, render
-from dindind.build import provenance
+from dindind.build import debs, provenance
 from dindind.base.config import ROOT
 from dindind.base.errors import DindindError
 from dindind.base.layout import docker_tag
@@ -146,15 +147,50 @@ def _debootstrap_import(cfg, layout, ref, inputs, echo):
 
 # ------------------------------------------------------------------ node
 
+RUNTIME_PACKAGES = ("containerd", "runc")
+CONTAINERD2_FROM = (1, 36)      # kubelet from this minor on needs containerd 2 (its 1.x support ended)
+
+
+def _minor(version):
+    m = re.match(r"^v?(\d+)\.(\d+)", version)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def runtime_context(cfg, kubernetes_version):
+    """Where containerd and runc come from, as template values (None: the base suite's own).
+
+    Refuses, before anything is built, a Kubernetes that cannot run on that containerd.
+    """
+    n = cfg.node
+    if not n["runtime_suite"]:
+        if _minor(kubernetes_version) >= CONTAINERD2_FROM:
+            raise DindindError(f"Kubernetes {kubernetes_version} needs containerd 2, and node.runtime_suite is null "
+                               f"(the {cfg.base['suite']} suite's containerd is 1.x)",
+                               hint="set node.runtime_suite: forky (the default) with its pinned containerd and runc")
+        return None
+    packages = [{"name": name, "version": n[f"{name}_version"], "sha256": n[f"{name}_sha256"],
+                 "file": f"{name}_{n[name + '_version'].replace(':', '%3a')}_{debs.ARCH}.deb"}
+                for name in RUNTIME_PACKAGES]
+    return {"suite": n["runtime_suite"], "mirror": cfg.base["mirror"], "packages": packages}
+
+
 def node_context(cfg, tree, base_stamp, deb_names):
     """The values templates/node gets, computed here so the templates hold layout only."""
     pause = next((ref for img in tree["images"] for ref in img["refs"] if "/pause:" in ref), None)
     if pause is None:
         raise DindindError("no pause image among the Kubernetes images",
                            hint="add a pause image tarball to kubernetes.extra_images")
+    runtime = runtime_context(cfg, tree["version"])
+    packages = set(NODE_PACKAGES) | set(cfg.node["packages"]) | set(tree.get("node_packages", []))
+    if runtime:
+        packages -= set(RUNTIME_PACKAGES)
+    containerd2 = bool(runtime) and not runtime["packages"][0]["version"].split(":")[-1].startswith("1.")
     return {
         "base_image": base_stamp["tags"][0],
-        "packages": sorted(set(NODE_PACKAGES) | set(cfg.node["packages"]) | set(tree.get("node_packages", []))),
+        "packages": sorted(packages),
+        "runtime": runtime,
+        # containerd 2 reads config version 3; 1.6 and 1.7 read version 2 (the code picks the template)
+        "containerd_config": "v3" if containerd2 else "v2",
         "preload": bool(cfg.node["preload"]),
         "debs": [f"{n}.deb" for n in deb_names],
         "pause_image": pause,

@@ -7,10 +7,17 @@ TITLE = "Writing configuration"
 PATH = "/etc/dindind/kubeadm.conf"
 
 
+def cgroup_v1(ctx):
+    """Whether the nodes see cgroup v1 (this host's kernel decides; every node shares it)."""
+    _, out = ctx.node_exec(ctx.plan.control_plane, ["stat", "-fc", "%T", "/sys/fs/cgroup"], check=False)
+    return out.strip() != "cgroup2fs"
+
+
 def execute(ctx):
     cp_ip = ctx.node_ips[ctx.plan.control_plane.name]
+    v1 = cgroup_v1(ctx)
     for node in ctx.plan.nodes:
-        text = kubeadm.render_config(ctx.plan, node, ctx.node_ips[node.name], cp_ip)
+        text = kubeadm.render_config(ctx.plan, node, ctx.node_ips[node.name], cp_ip, cgroup_v1=v1)
         ctx.engine.put_file(node.name, PATH, text, mode=0o600)
 
 
