@@ -17,6 +17,7 @@ from dindind.docker import engine
 from dindind.docker import images as docker_images
 from dindind.base import fsutil, proc, render
 from dindind.build import debs, provenance
+from dindind.base import config
 from dindind.base.config import ROOT
 from dindind.base.errors import DindindError
 from dindind.base.layout import docker_tag
@@ -273,10 +274,16 @@ def save_node(cfg, layout, echo=print):
     return out
 
 
+def cluster_packages(cfg):
+    """The cluster image's packages: from trixie on, docker.io leaves the client to docker-cli."""
+    suite = cfg.base["suite"]
+    return sorted(CLUSTER_PACKAGES + (() if suite in config.OLD_GLIBC_SUITES else ("docker-cli",)))
+
+
 def cluster_context(cfg, base_stamp, node_stamp):
     return {
         "base_image": base_stamp["tags"][0],
-        "packages": list(CLUSTER_PACKAGES),
+        "packages": cluster_packages(cfg),
         "node_image": node_stamp["tags"][0],
         "node_archive": node_archive_name(cfg),
     }

@@ -195,7 +195,7 @@ def _build_tasks(config_path, root):
         "file_dep": render.template_files(lay.templates / "cluster") + [lay.stamp("base"), lay.stamp("node")],
         "targets": render.outputs(lay.templates / "cluster", cluster_ctx),
         "uptodate": [config_changed({"compression": cfg.cluster["compression"],
-                                     "packages": list(images.CLUSTER_PACKAGES)})],
+                                     "packages": images.cluster_packages(cfg)})],
     }
     yield {
         "name": "cluster",
