@@ -27,6 +27,7 @@ staged under ``<root>/.work`` first.
 import json
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -299,7 +300,7 @@ def run_go(argv, *, cwd, env, log, what):
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
-        f.write(f"$ (cd {cwd}; {' '.join(str(a) for a in argv)})\n{out}\n")
+        f.write(f"$ (cd {shlex.quote(str(cwd))} && {shlex.join(str(a) for a in argv)})\n{out}\n")
     if code != 0:
         tail = "\n".join(out.rstrip().splitlines()[-_ERROR_LINES:])
         raise GoBuildError(f"{what} failed (exit {code})", detail=tail or None,
