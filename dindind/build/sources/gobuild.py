@@ -623,6 +623,7 @@ def record(plan, binaries, versions, image_tars, extra):
 def build_tree(plan, minor):
     """All of the above for ``plan``: binaries, extras, images, publish, record. Returns the paths written."""
     images = kubeadm_images(plan.constants)
+    plan.log.unlink(missing_ok=True)           # one run's log, not every run's
     binaries = build_binaries(plan)
     check_kubeadm_images(plan.bin / "kubeadm", plan.version, images, plan.log)
     versions = build_extras(plan, minor, images)
