@@ -156,12 +156,17 @@ def _kubeadm_patch(value):
 
 SPEC = {
     "kubernetes": {
-        "source": Field("string", "sample", enum=["sample", "dir", "release"],
-                        doc="where the Kubernetes build comes from"),
+        "source": Field("string", "sample", enum=["sample", "dir", "release", "module", "checkout"],
+                        doc="where the Kubernetes build comes from: sample (a stand-in), dir (a built tree), "
+                            "release (the official tarballs), module (built from the Go module proxy), "
+                            "checkout (built from a source checkout)"),
         "version": Field("string", "v1.31.2+sample", pattern=VERSION_RE, fmt="a Kubernetes version like v1.31.2",
-                         doc="sample only: the version the generated stand-in tree reports"),
+                         doc="sample: the version the stand-in tree reports; module: the k8s.io/kubernetes "
+                             "version to build (v1.34.0 or newer); checkout: the version the built binaries "
+                             "report"),
         "path": Field("string", None, nullable=True, check=_relpath,
-                      doc="dir: the folder that contains kubernetes/ (relative to the config file)"),
+                      doc="dir: the folder that contains kubernetes/; checkout: the Kubernetes source "
+                          "checkout (never modified); relative to the config file"),
         "server_url": Field("string", None, nullable=True, pattern=URL_RE, fmt="an http(s) or file URL",
                             doc="release: kubernetes-server-linux-amd64.tar.gz"),
         "server_sha256": Field("string", None, nullable=True, pattern=SHA256_RE, fmt="64 lowercase hex digits"),
@@ -549,6 +554,20 @@ def _cross_check(v, base_dir, problems):
             problems.append("kubernetes.path: required when kubernetes.source is dir")
         elif not _exists(base_dir / k["path"] / "kubernetes", "is_dir"):
             problems.append(f"kubernetes.path: {_show(str(base_dir / k['path']))} has no kubernetes/ folder")
+    if k["source"] == "checkout":
+        if not k["path"]:
+            problems.append("kubernetes.path: required when kubernetes.source is checkout")
+        elif not _exists(base_dir / k["path"] / "cmd" / "kubelet", "is_dir"):
+            problems.append(f"kubernetes.path: {_show(str(base_dir / k['path']))} is not a Kubernetes source "
+                            "checkout (no cmd/kubelet)")
+    if k["source"] in ("module", "checkout"):
+        m = re.fullmatch(r"v1\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?", k["version"] or "")
+        if k["version"] and not m:
+            problems.append(f"kubernetes.version: {_show(k['version'])} is not a release version like v1.37.2 "
+                            f"(needed by the {k['source']} source)")
+        elif m and int(m.group(1)) < 34:
+            problems.append(f"kubernetes.version: {k['version']} is older than v1.34 "
+                            f"(the {k['source']} source builds v1.34 and newer)")
     if k["source"] == "release":
         for key in ("server_url", "server_sha256", "test_url", "test_sha256"):
             if not k[key]:
@@ -556,8 +575,8 @@ def _cross_check(v, base_dir, problems):
     for i, img in enumerate(k["extra_images"] or ()):
         if img is None:
             continue
-        if k["source"] == "sample":
-            problems.append(f"kubernetes.extra_images[{i}]: the sample source generates its own extra images")
+        if k["source"] in ("sample", "module", "checkout"):
+            problems.append(f"kubernetes.extra_images[{i}]: the {k['source']} source makes its own extra images")
         elif not _exists(base_dir / img, "is_file"):
             problems.append(f"kubernetes.extra_images[{i}]: {_show(str(base_dir / img))} does not exist")
     if v["cni"]["source"] == "tgz":

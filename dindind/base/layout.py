@@ -10,6 +10,8 @@ from pathlib import Path
 from dindind.base.config import ROOT, check_name
 from dindind.base.errors import DindindError
 
+ARCH = "amd64"                      # the only architecture dindind builds and runs
+REGISTRY = "registry.k8s.io"        # where upstream's images are tagged from
 COMPONENT_IMAGES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy")
 SERVER_BINARIES = ("kubelet", "kubeadm", "kubectl") + COMPONENT_IMAGES
 DEBS = ("kubernetes-cni", "kubelet", "kubectl", "kubeadm", "cri-tools")

@@ -155,6 +155,21 @@ def save(ref, out_path, compress="zstd", level=3):
     return Path(out_path)
 
 
+def save_refs(refs, out_path):
+    """``docker save REF...`` to an uncompressed docker-archive carrying every one of ``refs`` as a RepoTag.
+
+    The engine streams it to a temporary file beside ``out_path`` (the CLI:
+    the SDK saves one reference at a time); the file appears only when complete.
+    """
+    with fsutil.atomic_path(out_path) as tmp:
+        try:
+            proc.run(["docker", "save", "-o", tmp, *refs])
+        except CommandError as exc:
+            raise EngineError(f"docker save of {', '.join(refs)} failed", detail=exc.detail) from None
+        os.chmod(tmp, 0o644)
+    return Path(out_path)
+
+
 def load_archive(ref, archive):
     """Load ``ref`` from a docker-archive (``.zst``: decompressed on the way) unless the engine has it.
 

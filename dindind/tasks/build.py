@@ -122,7 +122,9 @@ def _build_tasks(config_path, root):
         "actions": [(do_kubernetes, args)],
         "file_dep": k8s["file_dep"],
         "targets": k8s["targets"] + [tree_json],
-        "uptodate": [config_changed(k8s["config"])],
+        "task_dep": k8s["task_dep"],
+        # always: a checkout is built every time; Go and the publish step decide what changed
+        "uptodate": [config_changed(k8s["config"])] + ([False] if k8s["always"] else []),
         "clean": True,
     }
     yield {

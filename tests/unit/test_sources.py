@@ -14,7 +14,7 @@ from types import MappingProxyType
 import pytest
 
 from dindind.base import config, fsutil
-from dindind.build.sources import sample, tree as sources
+from dindind.build.sources import release as release_source, sample, tree as sources
 from dindind.base.errors import InputError
 from dindind.base.layout import COMPONENT_IMAGES, SERVER_BINARIES, Layout
 
@@ -327,10 +327,10 @@ def _snapshot(root):
 def test_generate_sample_is_a_no_op_when_up_to_date(tmp_path):
     layout = Layout(tmp_path)
     cfg = FakeConfig(tmp_path, _kube())
-    assert sources.generate_sample(cfg, layout) == {"changed": True}
+    assert sample.generate_sample(cfg, layout) == {"changed": True}
     assert sources.read_tree(layout.sample_root, sources.extra_images(cfg, layout)).version == VERSION
     before = _snapshot(layout.sample_root)
-    assert sources.generate_sample(cfg, layout) == {"changed": False}
+    assert sample.generate_sample(cfg, layout) == {"changed": False}
     assert _snapshot(layout.sample_root) == before
 
 
@@ -338,7 +338,7 @@ def test_generate_sample_is_a_no_op_when_up_to_date(tmp_path):
 def test_generate_sample_repairs_a_changed_tree(tmp_path, tamper):
     layout = Layout(tmp_path)
     cfg = FakeConfig(tmp_path, _kube())
-    sources.generate_sample(cfg, layout)
+    sample.generate_sample(cfg, layout)
     kubelet = layout.sample_root / "kubernetes/server/bin/kubelet"
     expected = kubelet.read_bytes()
     if tamper == "content":
@@ -349,19 +349,19 @@ def test_generate_sample_repairs_a_changed_tree(tmp_path, tamper):
         (layout.sample_root / "kubernetes/junk").write_text("x")
     else:
         kubelet.unlink()
-    assert sources.generate_sample(cfg, layout) == {"changed": True}
+    assert sample.generate_sample(cfg, layout) == {"changed": True}
     assert kubelet.read_bytes() == expected and kubelet.stat().st_mode & 0o777 == 0o755
     assert not (layout.sample_root / "kubernetes/junk").exists()
 
 
 def test_generate_sample_follows_the_config(tmp_path):
     layout = Layout(tmp_path)
-    sources.generate_sample(FakeConfig(tmp_path, _kube()), layout)
+    sample.generate_sample(FakeConfig(tmp_path, _kube()), layout)
     cfg = FakeConfig(tmp_path, _kube(version="v1.32.0"))
-    assert sources.generate_sample(cfg, layout) == {"changed": True}
+    assert sample.generate_sample(cfg, layout) == {"changed": True}
     assert sources.read_tree(layout.sample_root).version == "v1.32.0"
     cfg = FakeConfig(tmp_path, _kube(version="v1.32.0"), source_date_epoch=EPOCH + 1)
-    assert sources.generate_sample(cfg, layout) == {"changed": True}
+    assert sample.generate_sample(cfg, layout) == {"changed": True}
 
 
 # ---------------------------------------------------------------- release
@@ -427,7 +427,7 @@ def _cache_files(layout):
 
 def test_fetch_release(tmp_path, server, release):
     layout = Layout(tmp_path / "proj")
-    t = sources.fetch_release(release, layout)
+    t = release_source.fetch_release(release, layout)
     root = layout.release_root(release.kubernetes["server_sha256"])
     assert t.root == root == sources.tree_root(release, layout)
     assert t.version == VERSION and len(t.images) == 7
@@ -442,23 +442,23 @@ def test_fetch_release(tmp_path, server, release):
 
 def test_second_fetch_is_served_from_cache(tmp_path, server, release):
     layout = Layout(tmp_path / "proj")
-    sources.fetch_release(release, layout)
+    release_source.fetch_release(release, layout)
     kubelet = layout.release_root(release.kubernetes["server_sha256"]) / "kubernetes/server/bin/kubelet"
     mtime = kubelet.stat().st_mtime_ns
-    assert sources.fetch_release(release, layout).version == VERSION
+    assert release_source.fetch_release(release, layout).version == VERSION
     assert len(server.requests) == 2
     assert kubelet.stat().st_mtime_ns == mtime          # not extracted again
     # the extracted tree gone: extracted again from the cached downloads, no request
     shutil.rmtree(layout.release_root(release.kubernetes["server_sha256"]))
-    assert sources.fetch_release(release, layout).version == VERSION
+    assert release_source.fetch_release(release, layout).version == VERSION
     assert len(server.requests) == 2
 
 
 def test_corrupt_cache_entry_is_downloaded_again(tmp_path, server, release):
     layout = Layout(tmp_path / "proj")
-    cached = sources.fetch(release.kubernetes["server_url"], release.kubernetes["server_sha256"], layout)
+    cached = release_source.fetch(release.kubernetes["server_url"], release.kubernetes["server_sha256"], layout)
     cached.write_bytes(b"bit rot")
-    assert sources.fetch(release.kubernetes["server_url"], release.kubernetes["server_sha256"], layout) == cached
+    assert release_source.fetch(release.kubernetes["server_url"], release.kubernetes["server_sha256"], layout) == cached
     assert fsutil.sha256_file(cached) == release.kubernetes["server_sha256"]
     assert len(server.requests) == 2
 
@@ -468,7 +468,7 @@ def test_bad_checksum_is_refused_and_nothing_cached(tmp_path, server, release):
     cfg = _release_cfg(tmp_path, server, server_sha256=wrong)
     layout = Layout(tmp_path / "proj")
     with pytest.raises(InputError) as info:
-        sources.fetch_release(cfg, layout)
+        release_source.fetch_release(cfg, layout)
     text = str(info.value)
     actual = fsutil.sha256_file(server.www / "kubernetes-server-linux-amd64.tar.gz")
     assert cfg.kubernetes["server_url"] in text and wrong in text and actual in text
@@ -480,7 +480,7 @@ def test_http_error_is_an_input_error(tmp_path, server, release):
     cfg = _release_cfg(tmp_path, server, test_url=f"{server.url}/nope.tar.gz")
     layout = Layout(tmp_path / "proj")
     with pytest.raises(InputError) as info:
-        sources.fetch_release(cfg, layout)
+        release_source.fetch_release(cfg, layout)
     assert "nope.tar.gz" in str(info.value) and "404" in str(info.value)
     assert not layout.release_root(cfg.kubernetes["server_sha256"]).exists()
 
@@ -490,7 +490,7 @@ def test_file_urls(tmp_path, server, release):
         tmp_path, server,
         server_url=(server.www / "kubernetes-server-linux-amd64.tar.gz").as_uri(),
         test_url=(server.www / "kubernetes-test-linux-amd64.tar.gz").as_uri())
-    assert sources.fetch_release(cfg, Layout(tmp_path / "proj")).version == VERSION
+    assert release_source.fetch_release(cfg, Layout(tmp_path / "proj")).version == VERSION
     assert server.requests == []
 
 
@@ -523,7 +523,7 @@ def test_escaping_release_entries_are_refused(tmp_path, server, release, entries
     cfg = _release_cfg(tmp_path, server)
     layout = Layout(tmp_path / "proj")
     with pytest.raises(InputError) as info:
-        sources.fetch_release(cfg, layout)
+        release_source.fetch_release(cfg, layout)
     assert "refusing release tarball" in str(info.value)
     assert not layout.release_root(cfg.kubernetes["server_sha256"]).exists()
     assert not (tmp_path / "evil").exists() and not (tmp_path / "proj/evil").exists()
@@ -538,5 +538,5 @@ def test_broken_release_tree_is_reported(tmp_path, server, tree):
              ["kubernetes/version", "kubernetes/server"])
     _tarball(server.www / "kubernetes-test-linux-amd64.tar.gz", tree, ["kubernetes/test"])
     with pytest.raises(InputError) as info:
-        sources.fetch_release(_release_cfg(tmp_path, server), Layout(tmp_path / "proj"))
+        release_source.fetch_release(_release_cfg(tmp_path, server), Layout(tmp_path / "proj"))
     assert "kubeadm" in str(info.value) and "missing" in str(info.value)

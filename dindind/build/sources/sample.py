@@ -32,10 +32,8 @@ from pathlib import Path
 from dindind.docker import archive as dockerarchive
 from dindind.base import fsutil
 from dindind.base.config import VERSION_RE
-from dindind.base.layout import COMPONENT_IMAGES, SERVER_BINARIES, docker_tag, rfc3339
+from dindind.base.layout import ARCH, COMPONENT_IMAGES, REGISTRY, SERVER_BINARIES, docker_tag, rfc3339
 
-ARCH = "amd64"
-REGISTRY = "registry.k8s.io"
 GO_VERSION = "go1.22.8"
 KUSTOMIZE_VERSION = "v5.4.2"
 GINKGO_VERSION = "2.19.0"
@@ -262,3 +260,64 @@ def generate(root, version, epoch):
             path.write_bytes(data)
             os.chmod(path, mode)
     return target
+
+
+# ---------------------------------------------------------------- the source (see dindind.build.sources)
+
+def tree_root(cfg, layout):
+    """``artifacts/kubernetes/sample``: the folder that holds the generated kubernetes/ (pure)."""
+    return layout.sample_root
+
+
+def extra_images(cfg, layout):
+    """The generated etcd, coredns and pause stand-in images (pure)."""
+    return tuple(layout.sample_root / "kubernetes" / "extra-images" / f"{n}.tar" for n in EXTRA_IMAGES)
+
+
+def task_io(cfg, layout):
+    """The generator's own code is an input of the tree it writes; the version and epoch decide the rest."""
+    generator = [Path(__file__), _PYTHON_PROGRAM]
+    return {"file_dep": generator, "targets": [layout.sample_root / rel for rel in MANIFEST],
+            "config": {"source": "sample", "version": cfg.kubernetes["version"], "epoch": cfg.source_date_epoch}}
+
+
+def _tree_matches(kube_dir, files):
+    """True if ``kube_dir``'s parent holds exactly ``files`` ({rel: (bytes, mode)})."""
+    base = Path(kube_dir).parent
+    try:
+        on_disk = {p.relative_to(base).as_posix() for p in Path(kube_dir).rglob("*")
+                   if p.is_file() or p.is_symlink()}
+        if on_disk != set(files):
+            return False
+        for rel, (data, mode) in files.items():
+            p = base / rel
+            st = p.lstat()
+            if not p.is_file() or p.is_symlink() or st.st_size != len(data) \
+                    or (st.st_mode & 0o777) != mode or p.read_bytes() != data:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def generate_sample(cfg, layout):
+    """Make sure ``layout.sample_root`` holds the sample tree the config asks for.
+
+    Side effect: regenerates the whole tree (atomically) unless it already is
+    byte for byte (modes included, no extra files) what it would be, so a
+    no-op touches nothing. Returns ``{"changed": bool}`` (a doit-friendly result).
+    """
+    version, epoch = cfg.kubernetes["version"], cfg.source_date_epoch
+    files = render(version, epoch)
+    if _tree_matches(layout.sample_root / "kubernetes", files):
+        return {"changed": False}
+    generate(layout.sample_root, version, epoch)
+    return {"changed": True}
+
+
+def prepare(cfg, layout):
+    """Generate the sample (unless already identical) and return its validated Tree."""
+    from dindind.build.sources import tree
+
+    generate_sample(cfg, layout)
+    return tree.read_tree(tree_root(cfg, layout), extra_images(cfg, layout))

@@ -1,6 +1,6 @@
-"""The Kubernetes inputs: where the tree is, what is in it, and getting it.
+"""The Kubernetes tree: its layout, its validation, and the one way in for the tasks.
 
-Three sources give the same tree layout (the official release tarballs
+Every source gives the same tree layout (the official release tarballs
 extracted side by side)::
 
     kubernetes/version
@@ -9,9 +9,12 @@ extracted side by side)::
     kubernetes/server/bin/<component>.docker_tag   the tag of registry.k8s.io/<component>-amd64
     kubernetes/test/bin/{e2e.test,ginkgo}
 
-``sample`` generates a stand-in tree (:mod:`dindind.sample`), ``dir`` uses a
-folder in place, ``release`` downloads, verifies, caches and extracts the
-release tarballs. :func:`read_tree` validates any of them into a :class:`Tree`.
+Each ``kubernetes.source`` is one module of this package, listed in the one
+table :data:`dindind.build.sources.SOURCES` (sample, dir, release, module,
+checkout). Each module offers the same small interface: ``tree_root``,
+``extra_images``, ``task_io`` and ``prepare`` (see the package docstring).
+The functions below dispatch to it, so tasks and other stages never name a
+source. :func:`read_tree` validates any tree into a :class:`Tree`.
 """
 
 import json
@@ -20,17 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from dindind.base import download, fsutil
+from dindind.base import fsutil
 from dindind.docker import archive as dockerarchive
-from dindind.build.sources import sample
 from dindind.base.config import PKG_RE, TAG_RE, VERSION_RE
 from dindind.base.errors import InputError
-from dindind.base.layout import COMPONENT_IMAGES, SERVER_BINARIES, docker_tag
+from dindind.base.layout import ARCH, COMPONENT_IMAGES, REGISTRY, SERVER_BINARIES, docker_tag
 
-ARCH = sample.ARCH
-REGISTRY = sample.REGISTRY
-TEST_BINARIES = sample.TEST_BINARIES
-RELEASE_STAMP = ".dindind-release.json"
 SAMPLE_DECLARATION = "dindind-sample.json"     # a stand-in tree's needs (sample only)
 _LAYOUT_HINT = ("the folder must hold kubernetes/ laid out like the official server and test "
                 "release tarballs extracted side by side (see docs: 'The Kubernetes tree')")
@@ -92,16 +90,19 @@ class Tree:
         return tuple(i for i in self.images if i.name not in COMPONENT_IMAGES)
 
 
+def source(cfg):
+    """The module of the configured ``kubernetes.source`` (from the one table, SOURCES)."""
+    from dindind.build.sources import SOURCES
+
+    name = cfg.kubernetes["source"]
+    if name not in SOURCES:
+        raise ValueError(f"unknown kubernetes.source {name!r}")
+    return SOURCES[name]
+
+
 def tree_root(cfg, layout):
     """The folder containing ``kubernetes/`` for the configured source (pure)."""
-    k = cfg.kubernetes
-    if k["source"] == "sample":
-        return layout.sample_root
-    if k["source"] == "dir":
-        return cfg.resolve(k["path"])
-    if k["source"] == "release":
-        return layout.release_root(k["server_sha256"])
-    raise ValueError(f"unknown kubernetes.source {k['source']!r}")
+    return source(cfg).tree_root(cfg, layout)
 
 
 def tree_paths(root):
@@ -124,9 +125,11 @@ def tree_paths(root):
 
 def extra_images(cfg, layout):
     """The extra image tarballs kubeadm needs (etcd, coredns, pause) (pure)."""
-    if cfg.kubernetes["source"] == "sample":
-        return tuple(layout.sample_root / "kubernetes" / "extra-images" / f"{n}.tar"
-                     for n in sample.EXTRA_IMAGES)
+    return tuple(source(cfg).extra_images(cfg, layout))
+
+
+def configured_extra_images(cfg):
+    """``kubernetes.extra_images`` resolved against the config file (dir and release) (pure)."""
     return tuple(cfg.resolve(p) for p in cfg.kubernetes["extra_images"] or ())
 
 
@@ -262,108 +265,19 @@ def read_tree(root, extra_images=()):
                 crictl=paths.crictl if paths.crictl.is_file() else None)
 
 
-# ---------------------------------------------------------------- sample
-
-def _tree_matches(kube_dir, files):
-    """True if ``kube_dir``'s parent holds exactly ``files`` ({rel: (bytes, mode)})."""
-    base = Path(kube_dir).parent
-    try:
-        on_disk = {p.relative_to(base).as_posix() for p in Path(kube_dir).rglob("*")
-                   if p.is_file() or p.is_symlink()}
-        if on_disk != set(files):
-            return False
-        for rel, (data, mode) in files.items():
-            p = base / rel
-            st = p.lstat()
-            if not p.is_file() or p.is_symlink() or st.st_size != len(data) \
-                    or (st.st_mode & 0o777) != mode or p.read_bytes() != data:
-                return False
-    except OSError:
-        return False
-    return True
-
-
-def generate_sample(cfg, layout):
-    """Make sure ``layout.sample_root`` holds the sample tree the config asks for.
-
-    Side effect: regenerates the whole tree (atomically) unless it already is
-    byte for byte (modes included, no extra files) what it would be, so a
-    no-op touches nothing. Returns ``{"changed": bool}`` (a doit-friendly result).
-    """
-    version, epoch = cfg.kubernetes["version"], cfg.source_date_epoch
-    files = sample.render(version, epoch)
-    if _tree_matches(layout.sample_root / "kubernetes", files):
-        return {"changed": False}
-    sample.generate(layout.sample_root, version, epoch)
-    return {"changed": True}
-
-
-# ---------------------------------------------------------------- release
-
-def fetch(url, sha256, layout, limits=None):
-    """The verified cached copy of ``url``: ``layout.cache/downloads/<sha256>.tar.gz``.
-
-    Side effects: a cached file whose digest no longer matches is deleted and
-    downloaded again; a missing one is downloaded (bounded by ``limits``, a
-    :class:`dindind.download.Limits`). A verified cache hit makes no request.
-    """
-    return download.cached(url, sha256, layout.cache / "downloads" / f"{sha256}.tar.gz",
-                           "kubernetes.server_url/test_url and *_sha256", limits)
-
-
-def _release_stamp(k):
-    return {"server_sha256": k["server_sha256"], "test_sha256": k["test_sha256"]}
-
-
-def _extracted(root, stamp):
-    try:
-        return json.loads((root / RELEASE_STAMP).read_text()) == stamp and (root / "kubernetes").is_dir()
-    except (OSError, ValueError):
-        return False
-
-
-def fetch_release(cfg, layout):
-    """Download, verify, cache and extract the configured release; return its :class:`Tree`.
-
-    Side effects: fills ``layout.cache/downloads`` and replaces
-    ``layout.release_root(server_sha256)`` with both tarballs extracted side
-    by side (in one temporary folder, swapped in whole, with a stamp naming
-    both digests). When the stamp already matches, nothing is downloaded or
-    extracted again. Escaping entries are refused (fsutil.safe_extract).
-    """
-    k = cfg.kubernetes
-    root = layout.release_root(k["server_sha256"])
-    stamp = _release_stamp(k)
-    if not _extracted(root, stamp):
-        limits = download.limits(cfg)
-        server = fetch(k["server_url"], k["server_sha256"], layout, limits)
-        test = fetch(k["test_url"], k["test_sha256"], layout, limits)
-        fsutil.safe_extract([server, test], root, what="release tarball")
-        # written last: its presence means the extraction above completed
-        fsutil.write_json(root / RELEASE_STAMP, stamp)
-    return read_tree(root, extra_images(cfg, layout))
-
-
 # ---------------------------------------------------------------- the doit task
 
 def task_io(cfg, layout):
-    """What the ``build:kubernetes`` task reads and writes, per source (pure)."""
-    k = cfg.kubernetes
-    root = tree_root(cfg, layout)
-    paths = list(tree_paths(root).required())
-    extras = list(extra_images(cfg, layout))
-    if k["source"] == "sample":
-        # the generator's own code is an input of the tree it writes
-        generator = [Path(sample.__file__), Path(sample.__file__).with_name("sample_kube.py")]
-        return {"file_dep": generator, "targets": [layout.sample_root / rel for rel in sample.MANIFEST],
-                "config": {"source": "sample", "version": k["version"], "epoch": cfg.source_date_epoch}}
-    if k["source"] == "release":
-        return {"file_dep": extras, "targets": paths,
-                "config": {"source": "release", **{key: k[key] for key in
-                           ("server_url", "server_sha256", "test_url", "test_sha256")}}}
-    # dir: depend on what exists; prepare() names everything that is missing in one error
-    present = [p for p in paths + extras if p.exists()]
-    return {"file_dep": present, "targets": [], "config": {"source": "dir", "path": str(root)}}
+    """What the ``build:kubernetes`` task reads and writes (pure).
+
+    ``{"file_dep", "targets", "config"}``, plus ``"task_dep"`` (tasks that
+    must run first) and ``"always"`` (run on every build; the action itself
+    then decides what changed) when the source needs them.
+    """
+    io = dict(source(cfg).task_io(cfg, layout))
+    io.setdefault("task_dep", [])
+    io.setdefault("always", False)
+    return io
 
 
 def image_tarballs(cfg, layout):
@@ -396,21 +310,15 @@ def _node_packages(root):
 def prepare(cfg, layout):
     """The ``build:kubernetes`` action: get the tree, validate it, describe it.
 
-    Side effects: sample → generates it (if not already identical); release →
-    downloads, verifies and extracts; dir → nothing. Then writes
-    ``artifacts/kubernetes/tree.json`` (version, images with their refs),
-    rewritten only when its content changes.
+    Side effects: whatever the source's ``prepare`` does (sample: generate;
+    release: download and extract; module/checkout: build from Go; dir:
+    nothing). Then writes ``artifacts/kubernetes/tree.json`` (version,
+    images with their refs), rewritten only when its content changes.
     """
-    source = cfg.kubernetes["source"]
-    if source == "sample":
-        generate_sample(cfg, layout)
-    if source == "release":
-        tree = fetch_release(cfg, layout)
-    else:
-        tree = read_tree(tree_root(cfg, layout), extra_images(cfg, layout))
+    tree = source(cfg).prepare(cfg, layout)
     summary = {
         "node_packages": _node_packages(tree.root),
-        "source": source,
+        "source": cfg.kubernetes["source"],
         "root": str(tree.root),
         "version": tree.version,
         "crictl": str(tree.crictl) if tree.crictl else None,
@@ -420,5 +328,5 @@ def prepare(cfg, layout):
     return tree
 
 
-__all__ = ["task_io", "image_tarballs", "test_binaries", "prepare", "Image", "Tree", "TreePaths", "tree_root", "tree_paths", "extra_images", "read_tree",
-           "generate_sample", "fetch", "fetch_release"]
+__all__ = ["task_io", "image_tarballs", "test_binaries", "prepare", "Image", "Tree", "TreePaths", "source",
+           "tree_root", "tree_paths", "extra_images", "configured_extra_images", "read_tree"]
