@@ -109,7 +109,7 @@ def config_text(base_repo=None, kubernetes=""):
             f"cluster:\n  repository: {REPOS['cluster']}\n")
     if base_repo:
         text += f"base:\n  repository: {base_repo}\n"
-    return text + kubernetes
+    return text + (kubernetes or "kubernetes:\n  source: sample\n  version: v1.31.2+sample\n")
 
 
 class Tracker:

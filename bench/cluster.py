@@ -83,7 +83,7 @@ def main():
     try:
         project = copy_project(work / "project")
         base = "node:\n  repository: dindind-bench/node\ncluster:\n  repository: dindind-bench/cluster\n"
-        (project / "sample.yaml").write_text(base)
+        (project / "sample.yaml").write_text("kubernetes:\n  source: sample\n  version: v1.31.2+sample\n" + base)
         print("building the sample images ...", flush=True)
         run(project, "config=sample.yaml", "build:kubernetes")
         if not a.skip_sample:

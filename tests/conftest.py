@@ -56,9 +56,17 @@ def project(tmp_path):
 TEST_REPOS = {"node": "dindind-test/node", "cluster": "dindind-test/cluster"}
 
 
+SAMPLE = "kubernetes:\n  source: sample\n  version: v1.31.2+sample\n"
+
+
+def sample_unless(extra):
+    """The sample source, unless ``extra`` says where Kubernetes comes from (the default builds a real one)."""
+    return "" if "kubernetes:" in extra else SAMPLE
+
+
 def config_text(extra=""):
     """A config for integration tests: the sample, test-only repositories (base is shared)."""
-    return (f"node:\n  repository: {TEST_REPOS['node']}\n"
+    return (sample_unless(extra) + f"node:\n  repository: {TEST_REPOS['node']}\n"
             f"cluster:\n  repository: {TEST_REPOS['cluster']}\n" + extra)
 
 
@@ -121,7 +129,7 @@ SKIP_MTIME = (".doit.db", ".lock")       # doit's dependency db and the run lock
 
 def project_config(node_repo, cluster_repo, extra=""):
     """Config text for a project copy with its own node/cluster repositories (the base is shared)."""
-    return f"node:\n  repository: {node_repo}\ncluster:\n  repository: {cluster_repo}\n" + extra
+    return sample_unless(extra) + f"node:\n  repository: {node_repo}\ncluster:\n  repository: {cluster_repo}\n" + extra
 
 
 def artifact_mtimes(project):

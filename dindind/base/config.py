@@ -156,11 +156,11 @@ def _kubeadm_patch(value):
 
 SPEC = {
     "kubernetes": {
-        "source": Field("string", "sample", enum=["sample", "dir", "release", "module", "checkout"],
+        "source": Field("string", "module", enum=["sample", "dir", "release", "module", "checkout"],
                         doc="where the Kubernetes build comes from: sample (a stand-in), dir (a built tree), "
                             "release (the official tarballs), module (built from the Go module proxy), "
                             "checkout (built from a source checkout)"),
-        "version": Field("string", "v1.31.2+sample", pattern=VERSION_RE, fmt="a Kubernetes version like v1.31.2",
+        "version": Field("string", "v1.37.2", pattern=VERSION_RE, fmt="a Kubernetes version like v1.31.2",
                          doc="sample: the version the stand-in tree reports; module: the k8s.io/kubernetes "
                              "version to build (v1.34.0 or newer); checkout: the version the built binaries "
                              "report"),

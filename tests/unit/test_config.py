@@ -21,7 +21,7 @@ REPO_CONFIGS = sorted((config.ROOT / "config").glob("*.yaml")) + sorted(FIXTURES
 @pytest.mark.parametrize("path", sorted(FIXTURES.glob("valid-*.yaml")), ids=lambda p: p.name)
 def test_valid_fixtures_load(path):
     cfg = config.load(path)
-    assert cfg.kubernetes["source"] in ("sample", "dir", "release")
+    assert cfg.kubernetes["source"] in ("sample", "dir", "release", "module", "checkout")
 
 
 @pytest.mark.parametrize("path", sorted(FIXTURES.glob("invalid-*.yaml")), ids=lambda p: p.name)
