@@ -35,9 +35,8 @@ A blob's name is its digest: a blob that hashes otherwise is refused.
   assumed (blobs may come before manifest.json), so every possible layer is
   hashed, decompressed and optionally scanned as it passes and only what it
   yields is kept; no layer is ever held in memory, only the JSON documents
-  (each at most ``MAX_JSON``, ``MAX_SMALL`` in all). A stream cut at a
-  member boundary is seen as members missing; a gzip-wrapped stream's
-  trailer catches the rest.
+  (each at most ``MAX_JSON``, ``MAX_SMALL`` in all). A stream that ends
+  without the end-of-archive blocks is refused as truncated.
 
 **Writing.** :func:`write_image` makes a one-layer image (legacy layout,
 which every dockerd loads) from in-memory files, byte for byte the same for
@@ -601,6 +600,21 @@ class _StreamSource:
         return self._c.blobs[key]
 
 
+def _recording_info():
+    """A TarInfo class of its own that keeps the last header block read: tarfile takes a
+    short or garbled header after the first as the end; a complete archive ends with zeros."""
+
+    class _Info(tarfile.TarInfo):
+        last = None
+
+        @classmethod
+        def frombuf(cls, buf, encoding, errors):
+            cls.last = buf
+            return super().frombuf(buf, encoding, errors)
+
+    return _Info
+
+
 def read_stream(fileobj, where, *, scanner=None, extract=(), hint=STREAM_HINT):
     """Read a docker-archive (either layout) from a stream, once, front to back; return its :class:`Contents`.
 
@@ -614,8 +628,9 @@ def read_stream(fileobj, where, *, scanner=None, extract=(), hint=STREAM_HINT):
     """
     small, blobs, links, extracted = {}, {}, {}, {}
     total = 0
+    info = _recording_info()
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|", bufsize=CHUNK) as tf:
+        with tarfile.open(fileobj=fileobj, mode="r|", bufsize=CHUNK, tarinfo=info) as tf:
             for m in tf:
                 problem = _entry_problem(m)
                 if problem:
@@ -645,6 +660,8 @@ def read_stream(fileobj, where, *, scanner=None, extract=(), hint=STREAM_HINT):
                             continue
                     raw = _Hashing(io.BytesIO(data))
                 blobs[name] = _read_layer(raw, name, scanner, extract, extracted)
+            if info.last != bytes(tarfile.BLOCKSIZE):
+                raise _Bad(f"truncated or corrupt after byte {tf.offset} (no end-of-archive marker)")
     except _Bad as exc:
         raise InputError(f"{where}: {exc}", hint=hint) from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
