@@ -21,6 +21,7 @@ import os
 import zlib
 
 from dindind.base.errors import InputError
+from dindind.build import debfields
 from dindind.docker import archive, images
 from dindind.release.scan import SCAN_RULES, Finding, Scanner
 
@@ -122,14 +123,7 @@ def _latest(info, keys, path):
 def dpkg_packages(status):
     """{package: version} of every installed package in a dpkg status file."""
     packages = {}
-    if not status:
-        return packages
-    for para in status.decode("utf-8", "replace").split("\n\n"):
-        fields = {}
-        for line in para.splitlines():
-            if line and not line[0].isspace() and ":" in line:
-                k, _, v = line.partition(":")
-                fields[k] = v.strip()
+    for fields in debfields.paragraphs(status.decode("utf-8", "replace")) if status else []:
         if fields.get("Package") and fields.get("Status", "").endswith(" installed"):
             arch = fields.get("Architecture", "")
             name = fields["Package"] if arch in ("", "all", "amd64") else f"{fields['Package']}:{arch}"
