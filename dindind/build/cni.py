@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from dindind.base import download, fsutil, proc
+from dindind.base import download, extract, fsutil, proc
 from dindind.base.errors import CommandError, DindindError, InputError
 from dindind.build import debfields
 
@@ -232,7 +232,7 @@ def fetch_tgz(url, sha256, layout, limits=None):
 def _from_tgz(url, sha256, layout, work, limits=None):
     archive = fetch_tgz(url, sha256, layout, limits)
     root = work / "tgz"
-    fsutil.safe_extract(archive, root, what="CNI plugins tarball")
+    extract.safe_extract(archive, root, what="CNI plugins tarball")
     # the release tgz holds the plugins at its top; accept one wrapping folder too
     candidates = sorted({p.parent for p in root.rglob("bridge") if p.is_file()},
                         key=lambda d: (len(d.relative_to(root).parts), str(d)))
