@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-
 from dindind.base.errors import ConfigError, DindindError, InputError
 from dindind.base.yamlsafe import MAX_BYTES, MAX_DEPTH, MAX_NODES  # noqa: F401 - part of this module's API
 from dindind.base.yamlsafe import decode as _decode, encodable as _encodable, key as _key, show as _show
