@@ -11,14 +11,19 @@ versions, URLs, digests, CIDRs and addresses are matched against strict
 patterns, so a value can never smuggle a newline into a systemd unit or a
 Dockerfile. Every integer has a range.
 
-The file itself is treated as hostile before it is parsed: at most
-:data:`MAX_BYTES` are read, the bytes must be UTF-8, and the YAML is composed
-once, within :data:`MAX_DEPTH` levels and :data:`MAX_NODES` nodes, with no
-aliases (see :class:`_Loader`). Whatever the input, loading ends in a Config or
-one ConfigError.
+The file itself is treated as hostile before it is parsed
+(dindind.base.yamlsafe): at most :data:`MAX_BYTES` are read, the bytes must
+be UTF-8, and the YAML is composed once, within :data:`MAX_DEPTH` levels and
+:data:`MAX_NODES` nodes, with no aliases. Whatever the input, loading ends in
+a Config or one ConfigError.
 
 :func:`check_name`, :func:`parse_int` and :func:`int_range` are the same rules
 for values that arrive another way (task parameters, the environment).
+
+Why one module of ~520 lines: SPEC (about 90 of them), the value checks it
+names, the validator that walks it and the JSON Schema derived from it are
+one declaration read together; the part that stands alone, decoding hostile
+YAML, is dindind.base.yamlsafe.
 """
 
 import ipaddress
@@ -30,9 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-import yaml
-
 from dindind.base.errors import ConfigError, DindindError, InputError
+from dindind.base.yamlsafe import MAX_BYTES, MAX_DEPTH, MAX_NODES  # noqa: F401 - part of this module's API
+from dindind.base.yamlsafe import decode as _decode, encodable as _encodable, key as _key, show as _show
+from dindind.base.yamlsafe import text as _text
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
@@ -294,164 +300,6 @@ def check_name(value, what="cluster name"):
     if not isinstance(value, str) or not re.fullmatch(NAME_RE, value):
         raise DindindError(f"invalid {what} {_show(value)}", hint=f"use {NAME_FMT}")
     return value
-
-
-# ---------------------------------------------------------------- decoding
-
-MAX_BYTES = 1 << 20     # a config is a few kilobytes; the size is checked before anything is parsed
-MAX_DEPTH = 20          # the deepest real config (a kubeadm patch) nests about 8 levels
-MAX_NODES = 10_000      # scalars, sequences and mappings together; the default config has ~60
-
-
-class _Refused(Exception):
-    """A limit of :class:`_Loader` was hit; the message is one problem line."""
-
-
-class _Loader(yaml.SafeLoader):
-    """A SafeLoader that refuses what a config never needs before it costs anything.
-
-    Aliases (``*name``) are refused outright, at the event that names them,
-    rather than counted against a budget: a config has no repeated structure
-    worth sharing, and every alias turns the tree into a graph that each later
-    walk (duplicate keys, validation, JSON of the kubeadm patches, the
-    release's digest of the config) would expand again - the "billion laughs".
-    With no aliases the composed tree is exactly as big as the text, and it is
-    capped at MAX_NODES nodes and MAX_DEPTH levels while it is being composed,
-    so PyYAML's recursive composer never recurses deeper than MAX_DEPTH.
-
-    Explicit tags are refused too (``!!str`` aside, the one way to say "this
-    is a string" besides quotes): a config needs none of ``!!python/...``,
-    ``!!binary``, ``!!set`` or ``!!timestamp``, and each is another
-    constructor and another Python type to get wrong downstream.
-
-    Whatever else PyYAML lets out of its constructors (ValueError for
-    ``2020-13-45``, a timestamp with month 13) becomes a ConstructorError
-    carrying the node's position.
-    """
-
-    def __init__(self, text):
-        super().__init__(text)
-        self.depth = 0
-        self.nodes = 0
-
-    def compose_node(self, parent, index):
-        event = self.peek_event()
-        line = f"line {event.start_mark.line + 1}"
-        if isinstance(event, yaml.AliasEvent):
-            # anchors and tags are printable ASCII (PyYAML's scanner allows no other characters)
-            raise _Refused(f"{line}: aliases (*{_cut(event.anchor, 40)}) are not supported; "
-                           "write the value out")
-        if event.tag is not None and event.tag not in ("tag:yaml.org,2002:str", "!"):
-            tag = event.tag
-            tag = f"!!{tag[18:]}" if tag.startswith("tag:yaml.org,2002:") else tag if tag[0] == "!" else f"!<{tag}>"
-            raise _Refused(f"{line}: tags ({_cut(tag, 60)}) are not supported; "
-                           "write plain values (quote a string)")
-        self.depth += 1
-        self.nodes += 1
-        if self.depth > MAX_DEPTH:
-            raise _Refused(f"{line}: nested deeper than {MAX_DEPTH} levels")
-        if self.nodes > MAX_NODES:
-            raise _Refused(f"{line}: more than {MAX_NODES} values; a config is much smaller")
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-    def construct_object(self, node, deep=False):
-        try:
-            return super().construct_object(node, deep)
-        except yaml.YAMLError:
-            raise
-        except Exception as exc:    # noqa: BLE001 - only PyYAML's constructors run in here
-            raise yaml.constructor.ConstructorError(
-                None, None, f"cannot construct {_show(node.value, 60)}: {exc}", node.start_mark) from None
-
-
-def _encodable(text):
-    """False for a string with lone surrogates ("\\ud800" in a YAML double-quoted string): it
-    cannot be written to any file."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _printable(text, limit=500):
-    """An error text from PyYAML as one printable line: its snippet of the file is not escaped."""
-    text = "".join(c if c.isprintable() else (" " if c == "\n" else repr(c)[1:-1]) for c in text)
-    return text if len(text) <= limit else f"{text[:limit]}..."
-
-
-def _cut(text, limit):
-    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
-
-
-def _show(value, limit=80):
-    """repr() of a value for a problem line: escaped, and cut short."""
-    if isinstance(value, int) and value.bit_length() > 64:
-        # 0x/0b ints of any length parse, but str() refuses past 4300 digits
-        return f"a {value.bit_length()}-bit number"
-    return _cut(repr(value), limit)
-
-
-def _key(key):
-    """A mapping key as it appears in a key path: plain if it is a plain name, else quoted and cut short."""
-    if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key):
-        return key
-    return _show(key, 40)
-
-
-def _duplicates(node, path=""):
-    """(key path, line) of every key repeated within one mapping of a composed YAML tree."""
-    found = []
-    if isinstance(node, yaml.MappingNode):
-        seen = set()
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
-            keypath = f"{path}.{_key(key)}" if path else _key(key)
-            if key in seen:
-                found.append((keypath, key_node.start_mark.line + 1))
-            seen.add(key)
-            found += _duplicates(value_node, keypath)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            found += _duplicates(item, f"{path}[{i}]")
-    return found
-
-
-def _text(path, data):
-    """The config bytes as text, after the size and encoding checks."""
-    if len(data) > MAX_BYTES:
-        raise ConfigError(path, [f"(top level): the file is larger than {MAX_BYTES} bytes; "
-                                 "a config is a few kilobytes"])
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(path, [f"line {line}: not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} "
-                                 f"({exc.reason})"]) from None
-
-
-def _decode(path, text):
-    """(data, problems): compose the text once, within the limits, and construct from that tree."""
-    if len(text) > MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
-        raise ConfigError(path, [f"(top level): the text is larger than {MAX_BYTES} bytes; "
-                                 "a config is a few kilobytes"])
-    try:
-        loader = _Loader(text)      # the reader refuses control characters right here
-        loader.name = path.name     # marks say 'in "config.yaml", line 2', not '"<unicode string>"'
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
-    except _Refused as exc:
-        raise ConfigError(path, [str(exc)]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, [f"not valid YAML: {_printable(str(exc))}"]) from None
-    problems = [f"{keypath}: duplicate key (line {line})" for keypath, line in _duplicates(node)]
-    return data, problems
 
 
 def _type_ok(kind, value):

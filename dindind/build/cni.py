@@ -21,8 +21,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from dindind.base import download, fsutil, proc
+from dindind.base import download, extract, fsutil, proc
 from dindind.base.errors import CommandError, DindindError, InputError
+from dindind.build import debfields
 
 # What kubernetes-cni ships: the plugins of containernetworking/plugins that
 # both Debian's package (usr/lib/cni/) and the upstream release tgz (1.x) hold.
@@ -170,9 +171,11 @@ def _download_deb(package, version, layout):
     cache = layout.cache / "debs"
     cache.mkdir(parents=True, exist_ok=True)
     for hit in sorted(cache.glob(_deb_name_glob(package, version))):
-        out = proc.run(["dpkg-deb", "-f", hit, "Package", "Version"], check=False)
-        if f"Package: {package}\nVersion: {version}\n" in out + "\n":
-            return hit
+        try:
+            if debfields.read(hit, "Package", "Version") == {"Package": package, "Version": version}:
+                return hit
+        except InputError:
+            pass
         hit.unlink()        # corrupt or not what its name says: fetch it again
     # download into a private folder, then rename into the cache: no partial file is ever cached
     tmp = Path(tempfile.mkdtemp(prefix=f".{package}.", suffix=".tmp", dir=cache))
@@ -200,16 +203,6 @@ def _download_deb(package, version, layout):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _deb_field(deb, name):
-    try:
-        return proc.run(["dpkg-deb", "-f", deb, name]).strip()
-    except CommandError as exc:
-        if exc.returncode == 127:
-            raise
-        raise InputError(f"cannot read {deb}: it is not a valid .deb", detail=exc.output.strip() or None,
-                         hint=f"delete {deb} and run again") from None
-
-
 def _from_debian(package, layout, work):
     version = _candidate(package)
     deb = _download_deb(package, version, layout)
@@ -221,7 +214,7 @@ def _from_debian(package, layout, work):
             raise
         raise InputError(f"cannot extract {deb}", detail=exc.output.strip() or None,
                          hint=f"delete {deb} and run again") from None
-    return root / DEBIAN_PLUGIN_DIR, upstream_version(_deb_field(deb, "Version"))
+    return root / DEBIAN_PLUGIN_DIR, upstream_version(debfields.read(deb, "Version")["Version"])
 
 
 # ---------------------------------------------------------------- tgz
@@ -239,7 +232,7 @@ def fetch_tgz(url, sha256, layout, limits=None):
 def _from_tgz(url, sha256, layout, work, limits=None):
     archive = fetch_tgz(url, sha256, layout, limits)
     root = work / "tgz"
-    fsutil.safe_extract(archive, root, what="CNI plugins tarball")
+    extract.safe_extract(archive, root, what="CNI plugins tarball")
     # the release tgz holds the plugins at its top; accept one wrapping folder too
     candidates = sorted({p.parent for p in root.rglob("bridge") if p.is_file()},
                         key=lambda d: (len(d.relative_to(root).parts), str(d)))

@@ -8,6 +8,11 @@ same create actions run here against the host's engine.
 
 State lives in labels (``io.dindind.cluster=<name>``), not in files: the
 kubeconfig under artifacts/clusters/<name>/ is a convenience copy.
+
+Why one module of ~400 lines: it is the table of the ``cluster:*`` verbs
+(up, down, status, logs, load, e2e), each a short function over the same
+shell helpers for both modes; split per verb, every file would import the
+same helpers back.
 """
 
 import io

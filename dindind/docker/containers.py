@@ -1,7 +1,7 @@
 """Containers, volumes and networks: what a cluster is made of, and files in and out of them.
 
 The engine's archives are untrusted like any other: what comes out of a
-container goes through dindind.base.fsutil's one safe extractor.
+container goes through dindind.base.extract, the one safe extractor.
 """
 
 import io
@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dindind.base import fsutil
+from dindind.base import extract
 from dindind.base.errors import CommandError, EngineError
 from dindind.docker import engine
 
@@ -274,7 +274,7 @@ def get_dir(container, path, dest):
     """Copy a directory out of a container into ``dest`` (contents only).
 
     The engine's archive is untrusted like any other: it goes through
-    fsutil.extract_tar; only its files and directories are copied (links and
+    extract.extract_tar; only its files and directories are copied (links and
     other entries are skipped), never anything outside ``dest``.
     """
     stream, _ = engine.call(f"copy {path} out of {container}", engine.client().get_archive, container, path)
@@ -294,7 +294,7 @@ def get_dir(container, path, dest):
         except (tarfile.TarError, EOFError) as exc:
             raise EngineError(f"cannot read the {label}: {exc}") from None
         with tf:
-            fsutil.extract_tar(tf, dest, label, rename=strip, members=(m for m in tf if m.isfile() or m.isdir()))
+            extract.extract_tar(tf, dest, label, rename=strip, members=(m for m in tf if m.isfile() or m.isdir()))
 
 
 def stop_containers(labels, timeout=20):

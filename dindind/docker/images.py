@@ -14,6 +14,7 @@ from pathlib import Path
 from dindind.base import fsutil, proc
 from dindind.base.errors import CommandError, EngineError
 from dindind.docker import engine
+from dindind.docker.reference import split_ref
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -23,14 +24,6 @@ def inspect_image(ref):
         return engine.client().inspect_image(ref)
     except engine.sdk_errors() as exc:
         raise EngineError(f"cannot inspect image {ref}: {exc}") from None
-
-
-def split_ref(ref):
-    """'host:5000/a/b:tag' -> ('host:5000/a/b', 'tag'); the tag defaults to 'latest'."""
-    repo, _, t = ref.rpartition(":")
-    if "/" in t or not repo:
-        return ref, "latest"
-    return repo, t
 
 
 def tag(image, ref):

@@ -12,8 +12,9 @@ import re
 import urllib.parse
 
 from dindind.base.errors import EngineError
-from dindind.docker import engine
-from dindind.docker.images import inspect_image, split_ref
+from dindind.docker import engine, reference
+from dindind.docker.images import inspect_image
+from dindind.docker.reference import split_ref
 
 MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -60,13 +61,10 @@ def push(ref, echo=print):
     return digest
 
 
-def _registry_host(ref):
-    first, _, rest = ref.partition("/")
-    if not rest or not ("." in first or ":" in first or first == "localhost"):
-        return "registry-1.docker.io", ref
-    if first in ("docker.io", "index.docker.io"):
-        return "registry-1.docker.io", rest
-    return first, rest
+def _registry_host(repo):
+    """(registry host, repository name on it) of ``repo`` (see dindind.docker.reference)."""
+    r = reference.parse(repo)
+    return r.registry, r.remote
 
 
 def _is_loopback(host):
@@ -93,7 +91,7 @@ def registry_manifest_digest(ref, timeout=30):
     host, name = _registry_host(repo)
     conn_cls = http.client.HTTPConnection if _is_loopback(host) else http.client.HTTPSConnection
     conn = conn_cls(host, timeout=timeout)
-    path = f"/v2/{name}/manifests/{urllib.parse.quote(t, safe='')}"
+    path = f"/v2/{name}/manifests/{urllib.parse.quote(t, safe=':')}"
     try:
         conn.request("HEAD", path, headers={"Accept": ", ".join(MANIFEST_TYPES)})
         resp = conn.getresponse()

@@ -31,10 +31,11 @@ import re
 import shutil
 from pathlib import Path
 
-from dindind.base import fsutil, proc
+from dindind.base import fsutil
 from dindind.base.config import TAG_RE
 from dindind.base.errors import DindindError, EngineError
 from dindind.base.layout import docker_tag
+from dindind.build import debfields
 from dindind.release.export import GZIP_BLOCK, GZIP_LEVEL, export_image
 from dindind.release.scan import SCAN_RULES
 
@@ -59,111 +60,14 @@ def check_version(version):
     return tag
 
 
-
-
-
-
-
 def default_dir(layout, version):
     return layout.release / version
-
-
-# ================================================================== the project's git state (read only)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ================================================================== gzip on every core
-
-
-
-
-
-# ================================================================== secrets
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ================================================================== docker-archive streams
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # ================================================================== writing a release
 
 def _read_json(path, what="file"):
     return fsutil.read_json(path, what, hint="run `doit build` (or `doit release`) again")
-
-
-def deb_fields(path):
-    """(package, version, architecture) of a .deb."""
-    out = proc.run(["dpkg-deb", "--field", path, "Package", "Version", "Architecture"],
-                   hint="install dpkg (dpkg-deb)")
-    fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
-    try:
-        return fields["Package"], fields["Version"], fields["Architecture"]
-    except KeyError:
-        raise DindindError(f"{path} is not a valid .deb (no Package/Version/Architecture)",
-                           hint="rebuild it: doit build") from None
 
 
 def load_manifest(dest):
@@ -287,7 +191,8 @@ def write_release(dest, version, images, debs, provenance, *, save=None, echo=pr
                                     "rebuild (doit build) and release again; nothing was written")
         deb_records = {}
         for path in sorted(debs, key=str):
-            package, deb_version, arch = deb_fields(path)
+            fields = debfields.read(path, "Package", "Version", "Architecture", hint="rebuild it: doit build")
+            package, deb_version, arch = fields["Package"], fields["Version"], fields["Architecture"]
             rel = f"debs/{package}_{deb_version}_{arch}.deb"
             fsutil.copy_file(path, tmp / rel)
             artifacts[rel] = {"sha256": fsutil.sha256_file(tmp / rel), "size": (tmp / rel).stat().st_size,
@@ -310,39 +215,3 @@ def write_release(dest, version, images, debs, provenance, *, save=None, echo=pr
         }
         _finish(tmp, manifest)
     return manifest
-
-
-
-
-
-
-
-
-# ================================================================== the doit action
-
-
-
-
-
-
-
-# ================================================================== verifying
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -14,7 +14,8 @@ from pathlib import Path, PurePosixPath
 
 from dindind.base import fsutil
 from dindind.base.errors import DindindError
-from dindind.release.export import MAX_JSON, read_image_file
+from dindind.docker.archive import MAX_JSON
+from dindind.release.export import read_image_file
 from dindind.release.manifest import _DIGEST, FORMAT, IMAGES, MANIFEST, SUMS, check_version
 
 

@@ -1,9 +1,11 @@
 """dindind.dockerarchive: deterministic docker-archives, and their validation."""
 
 import io
+import os
 import json
 import tarfile
 import uuid
+from pathlib import PurePosixPath
 
 import pytest
 
@@ -263,3 +265,291 @@ def test_docker_load_accepts_written_archive(tmp_path):
         except docker.errors.ImageNotFound:
             pass
         client.close()
+
+
+# ---------------------------------------------------------------- both layouts, both APIs
+#
+# Archives built by hand as each engine writes them: legacy (dockerd < 25, as
+# write_image does) and the OCI image layout of dockerd >= 25 (oci-layout,
+# index.json, blobs/sha256/<hex>, and manifest.json pointing into blobs/),
+# with uncompressed or gzip layers (the containerd image store keeps pulled
+# layers gzip-compressed), one image or several.
+
+import gzip as _gzip
+import hashlib
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+TAR = "application/vnd.oci.image.layer.v1.tar"
+TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+TAR_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+
+def _sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def _layer(files):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, data in sorted(files.items()):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _tar_bytes(entries):
+    """A tar of [(name, bytes)] in the order given."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, data in entries:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _oci(images, *, compress=None, media_type=None, manifest_first=False, nested=False, drop=(),
+         extra_index=(), tamper=None):
+    """The bytes of an OCI-layout docker-archive of ``images`` ([(tags, [layer files, ...])]).
+
+    ``compress``: None or "gzip" (or a callable); ``media_type``: override the
+    layers' media type; ``nested``: index.json -> image index -> manifest,
+    with a second platform's manifest absent; ``drop``: blob names to leave
+    out; ``tamper(name, data)``: change a member's bytes.
+    """
+    blobs, manifest_json, index = {}, [], []
+
+    def put(data):
+        blobs[f"blobs/sha256/{_sha(data)}"] = data
+        return f"sha256:{_sha(data)}"
+
+    for tags, layers in images:
+        plain = [_layer(files) for files in layers]
+        stored = [_gzip.compress(p, mtime=0) if compress == "gzip" else compress(p) if compress else p
+                  for p in plain]
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "config": {"Labels": {"org.opencontainers.image.title": tags[0]}},
+                             "rootfs": {"type": "layers", "diff_ids": [f"sha256:{_sha(p)}" for p in plain]},
+                             "history": [{"created_by": f"layer {i}"} for i in range(len(plain))]}).encode()
+        cfg = put(config)
+        descs = [{"mediaType": media_type or (TAR_GZIP if compress == "gzip" else TAR),
+                  "digest": put(s), "size": len(s)} for s in stored]
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                          "digest": cfg, "size": len(config)},
+                               "layers": descs}).encode()
+        desc = {"mediaType": OCI_MANIFEST, "digest": put(manifest), "size": len(manifest),
+                "annotations": {"io.containerd.image.name": tags[0]}}
+        if nested:
+            other = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "e" * 64, "size": 1,
+                     "platform": {"architecture": "arm64", "os": "linux"}}
+            inner = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                "manifests": [other, dict(desc, platform={"architecture": "amd64",
+                                                                          "os": "linux"})]}).encode()
+            desc = {"mediaType": OCI_INDEX, "digest": put(inner), "size": len(inner)}
+        index.append(desc)
+        manifest_json.append({"Config": f"blobs/sha256/{cfg[7:]}", "RepoTags": list(tags),
+                              "Layers": [f"blobs/sha256/{d['digest'][7:]}" for d in descs]})
+    index += list(extra_index)
+    docs = [("index.json", json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index}).encode()),
+            ("manifest.json", json.dumps(manifest_json).encode()),
+            ("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')]
+    entries = [(n, d) for n, d in sorted(blobs.items()) if n not in drop]
+    entries = docs + entries if manifest_first else entries + docs
+    if tamper:
+        entries = [(n, tamper(n, d)) for n, d in entries]
+    return _tar_bytes(entries)
+
+
+LAYER_FILES = [{"etc/os-release": b"VERSION_CODENAME=trixie\n", "usr/bin/a": b"a" * 3000},
+               {"usr/bin/b": b"b" * 100}]
+
+
+def _legacy(tmp_path):
+    return _write(tmp_path / "legacy.tar").read_bytes()
+
+
+LAYOUTS = {
+    "legacy": _legacy,
+    "oci": lambda tmp_path: _oci([(["example.invalid/oci:v1"], LAYER_FILES)]),
+    "oci, manifest.json first": lambda tmp_path: _oci([(["example.invalid/oci:v1"], LAYER_FILES)],
+                                                      manifest_first=True),
+    "oci, gzip layers": lambda tmp_path: _oci([(["example.invalid/oci:v1"], LAYER_FILES)], compress="gzip"),
+    "oci, multi-platform index, one platform saved": lambda tmp_path: _oci(
+        [(["example.invalid/oci:v1"], LAYER_FILES)], nested=True),
+    "oci, two images": lambda tmp_path: _oci([(["example.invalid/a:1", "example.invalid/a:2"], LAYER_FILES),
+                                             (["example.invalid/b:1"], LAYER_FILES[1:])], compress="gzip"),
+}
+
+
+class _Recorder:
+    """A stand-in for the secret scanner: records every file it is shown."""
+
+    def __init__(self):
+        self.seen = []
+
+    def scan(self, key, path, read, size):
+        data = b"".join(iter(lambda: read(1024), b""))
+        assert len(data) == size
+        self.seen.append((key, path))
+
+    def scan_bytes(self, key, path, data):
+        self.seen.append((key, path))
+
+
+def _stream(data, where="test archive", **kw):
+    contents = dockerarchive.read_stream(io.BytesIO(data), where, **kw)
+    return contents, dockerarchive.images(contents, where)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_both_apis_read_every_layout_alike(tmp_path, layout):
+    data = LAYOUTS[layout](tmp_path)
+    path = tmp_path / "a.tar"
+    path.write_bytes(data)
+    by_file = dockerarchive.read_manifest(path, verify_layers=True)
+    recorder = _Recorder()
+    contents, by_stream = _stream(data, scanner=recorder, extract=("etc/os-release",))
+    assert [(e["RepoTags"], e["Config"], e["Layers"]) for e in by_file] == \
+        [(e["repo_tags"], e["config_name"], e["layer_names"]) for e in by_stream]
+    assert dockerarchive.repo_tags(path) == [t for e in by_file for t in e["RepoTags"]]
+    for image in by_stream:
+        config = json.loads(image["config"])
+        assert image["id"] == f"sha256:{_sha(image['config'])}"
+        assert image["layers"] == config["rootfs"]["diff_ids"]
+        assert all(key in {k for k, _ in recorder.seen} for key in image["layer_keys"])
+    if layout != "legacy":
+        assert by_stream[0]["labels"] == {"org.opencontainers.image.title": by_stream[0]["repo_tags"][0]}
+        assert contents.extracted[(by_stream[0]["layer_keys"][0], "etc/os-release")] == \
+            b"VERSION_CODENAME=trixie\n"
+        assert ("usr/bin/a" in {p for _, p in recorder.seen})
+
+
+def test_gzip_layers_are_checked_against_the_uncompressed_digest(tmp_path):
+    data = _oci([(["example.invalid/oci:v1"], LAYER_FILES)], compress="gzip")
+    contents, (image,) = _stream(data)
+    for key, diff_id in zip(image["layer_keys"], image["layers"]):
+        blob = contents.blobs[key]
+        assert blob.compression == "gzip"
+        assert blob.diff_id == diff_id != blob.digest == f"sha256:{PurePosixPath(key).name}"
+
+
+def test_a_zstd_layer_is_listed_but_refused_where_it_must_be_read(tmp_path):
+    fake_zstd = lambda plain: b"\x28\xb5\x2f\xfd" + plain     # the magic is all the reader looks at
+    data = _oci([(["example.invalid/oci:v1"], LAYER_FILES)], compress=fake_zstd, media_type=TAR_ZSTD)
+    path = tmp_path / "z.tar"
+    path.write_bytes(data)
+    assert dockerarchive.repo_tags(path) == ["example.invalid/oci:v1"]
+    text = _refused(data, path, "zstd")
+    assert "layer 1 (blobs/sha256/" in text
+
+
+def _refused(data, path, *words):
+    """Both APIs refuse ``data`` (written to ``path``) with one InputError holding ``words``."""
+    path.write_bytes(data)
+    texts = []
+    with pytest.raises(InputError) as by_file:
+        dockerarchive.read_manifest(path, verify_layers=True)
+    with pytest.raises(InputError) as by_stream:
+        _stream(data, where="the stream")
+    for err, where in ((by_file.value, str(path)), (by_stream.value, "the stream")):
+        text = str(err)
+        assert where in text and err.hint
+        for word in words:
+            assert word in text, text
+        texts.append(text)
+    return texts[0]
+
+
+def _flip_last_byte_of(prefix):
+    def tamper(name, data):
+        return data[:-1] + bytes([data[-1] ^ 1]) if name.startswith(prefix) else data
+    return tamper
+
+
+def test_oci_blob_that_does_not_hash_to_its_name(tmp_path):
+    clean = _oci([(["example.invalid/oci:v1"], LAYER_FILES)])
+    layer = json.loads(dict(_entries(clean))["manifest.json"])[0]["Layers"][0]
+    data = _oci([(["example.invalid/oci:v1"], LAYER_FILES)], tamper=_flip_last_byte_of(layer))
+    _refused(data, tmp_path / "t.tar", layer, "does not hash to its name")
+
+
+def _entries(data):
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return [(m.name, tf.extractfile(m).read()) for m in tf]
+
+
+def test_gzip_layer_whose_media_type_says_uncompressed(tmp_path):
+    data = _oci([(["example.invalid/oci:v1"], LAYER_FILES)], compress="gzip", media_type=TAR)
+    _refused(data, tmp_path / "t.tar", "layer 1 (blobs/sha256/", "stored as gzip", TAR)
+
+
+def test_truncated_gzip_layer(tmp_path):
+    cut = lambda plain: _gzip.compress(plain, mtime=0)[:-40]
+    data = _oci([(["example.invalid/oci:v1"], LAYER_FILES)], compress=cut, media_type=TAR_GZIP)
+    _refused(data, tmp_path / "t.tar", "layer 1 (blobs/sha256/", "gzip")
+
+
+def test_oci_layer_missing_from_the_archive(tmp_path):
+    clean = _oci([(["example.invalid/oci:v1"], LAYER_FILES)])
+    layer = json.loads(dict(_entries(clean))["manifest.json"])[0]["Layers"][1]
+    data = _oci([(["example.invalid/oci:v1"], LAYER_FILES)], drop=(layer,))
+    _refused(data, tmp_path / "t.tar", "manifest.json entry 0", layer, "not in the archive")
+
+
+def test_index_json_referencing_a_missing_manifest(tmp_path):
+    ghost = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "d" * 64, "size": 10}
+    data = _oci([(["example.invalid/oci:v1"], LAYER_FILES)], extra_index=[ghost])
+    _refused(data, tmp_path / "t.tar", "index.json", "blobs/sha256/" + "d" * 64, "not in the archive")
+
+
+def test_manifest_json_entry_that_index_json_does_not_list(tmp_path):
+    a = dict(_entries(_oci([(["example.invalid/a:1"], LAYER_FILES)])))
+    b = dict(_entries(_oci([(["example.invalid/b:1"], LAYER_FILES[1:])])))
+    merged = dict(b, **a)
+    merged["manifest.json"] = json.dumps(json.loads(a["manifest.json"]) + json.loads(b["manifest.json"])).encode()
+    data = _tar_bytes(sorted(merged.items()))          # index.json is a's: it does not list b
+    _refused(data, tmp_path / "t.tar", "manifest.json entry 1", "index.json")
+
+
+def test_oci_config_that_was_altered(tmp_path):
+    clean = _oci([(["example.invalid/oci:v1"], LAYER_FILES)])
+    config = json.loads(dict(_entries(clean))["manifest.json"])[0]["Config"]
+    data = _oci([(["example.invalid/oci:v1"], LAYER_FILES)],
+                tamper=lambda n, d: d.replace(b'"os": "linux"', b'"os": "linuX"') if n == config else d)
+    _refused(data, tmp_path / "t.tar", config, "altered")
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.6, 0.9])
+def test_truncated_oci_archive(tmp_path, cut):
+    data = _oci([(["example.invalid/oci:v1"], LAYER_FILES)], compress="gzip")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        tf.getmembers()
+        end = tf.offset                     # where the end-of-archive blocks start
+    path = tmp_path / "t.tar"
+    path.write_bytes(data[:int(end * cut)])
+    with pytest.raises(InputError, match="truncated"):
+        dockerarchive.read_manifest(path, verify_layers=True)
+    with pytest.raises(InputError, match="the stream"):
+        _stream(data[:int(end * cut)], where="the stream")
+
+
+def test_streaming_never_holds_a_layer_in_memory():
+    """A layer is read in chunks: the biggest single read handed out is bounded, whatever the layer's size."""
+    big = {"usr/bin/big": os.urandom(6 << 20)}
+    data = _oci([(["example.invalid/oci:v1"], [big])], compress="gzip")
+
+    class Watch(io.BytesIO):
+        biggest = 0
+
+        def read(self, n=-1):
+            out = super().read(n)
+            Watch.biggest = max(Watch.biggest, len(out))
+            return out
+
+    contents = dockerarchive.read_stream(Watch(data), "big", scanner=_Recorder())
+    assert dockerarchive.images(contents, "big")[0]["repo_tags"] == ["example.invalid/oci:v1"]
+    assert Watch.biggest <= dockerarchive.CHUNK
+    assert all(len(v) < 1 << 16 for v in contents.small.values())
