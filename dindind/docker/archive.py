@@ -54,9 +54,11 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import posixpath
 import re
 import tarfile
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -78,17 +80,15 @@ def _json_bytes(value):
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _layer_bytes(files, epoch):
-    """The layer tar of ``files`` ({"/abs/path": (bytes, mode)}), deterministic."""
+def _layer(files, epoch, from_disk=False):
+    """The deterministic layer tar of ``files`` ({"/abs/path": (bytes or a path on disk, mode)})."""
     layer = fsutil.DeterministicTar(epoch)
-    for path, (data, mode) in files.items():
+    for path, (src, mode) in files.items():
         p = PurePosixPath(path)
         if not p.is_absolute() or ".." in p.parts or p == PurePosixPath("/"):
             raise ValueError(f"image file path must be absolute and plain: {path!r}")
-        layer.add_bytes(str(p), data, mode)
-    buf = io.BytesIO()
-    layer.write(buf)
-    return buf.getvalue()
+        (layer.add_file if from_disk else layer.add_bytes)(str(p), src, mode)
+    return layer
 
 
 def _env_list(env):
@@ -99,18 +99,11 @@ def _env_list(env):
     return list(env)
 
 
-def image_bytes(repo_tags, files, *, epoch, entrypoint=None, env=None):
-    """The docker-archive bytes of a one-layer image (pure; no I/O).
-
-    ``files`` maps absolute in-image paths to ``(bytes, mode)``; parent
-    directories are added with mode 0755. Everything is owned by root and
-    stamped with ``epoch``, so equal inputs give equal bytes.
-    """
+def _one_layer(repo_tags, diff_id, epoch, entrypoint, env):
+    """The archive of a one-layer image, all but its layer, and the name the layer goes under."""
     repo_tags = list(repo_tags)
     if not repo_tags:
         raise ValueError("an image needs at least one repo tag")
-    layer = _layer_bytes(files, epoch)
-    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
     created = rfc3339(epoch)
     container_config = {"Env": _env_list(env)}
     if entrypoint:
@@ -131,15 +124,28 @@ def image_bytes(repo_tags, files, *, epoch, entrypoint=None, env=None):
     for ref in repo_tags:
         r = reference.parse(ref)
         repositories.setdefault(r.name, {})[r.tag or "latest"] = layer_dir
-
     archive = fsutil.DeterministicTar(epoch)
     archive.add_bytes("manifest.json", _json_bytes(manifest))
     archive.add_bytes(config_name, config_blob)
-    archive.add_bytes(f"{layer_dir}/layer.tar", layer)
     archive.add_bytes("repositories", _json_bytes(repositories))
+    return archive, f"{layer_dir}/layer.tar"
+
+
+def image_bytes(repo_tags, files, *, epoch, entrypoint=None, env=None):
+    """The docker-archive bytes of a one-layer image (pure; no I/O).
+
+    ``files`` maps absolute in-image paths to ``(bytes, mode)``; parent
+    directories are added with mode 0755. Everything is owned by root and
+    stamped with ``epoch``, so equal inputs give equal bytes.
+    """
     buf = io.BytesIO()
-    archive.write(buf)
-    return buf.getvalue()
+    _layer(files, epoch).write(buf)
+    layer = buf.getvalue()
+    archive, name = _one_layer(repo_tags, "sha256:" + hashlib.sha256(layer).hexdigest(), epoch, entrypoint, env)
+    archive.add_bytes(name, layer)
+    out = io.BytesIO()
+    archive.write(out)
+    return out.getvalue()
 
 
 def write_image(path, repo_tags, files, *, epoch, entrypoint=None, env=None):
@@ -150,6 +156,31 @@ def write_image(path, repo_tags, files, *, epoch, entrypoint=None, env=None):
     """
     data = image_bytes(repo_tags, files, epoch=epoch, entrypoint=entrypoint, env=env)
     return fsutil.write_bytes(path, data, 0o644)
+
+
+def write_image_from_files(path, repo_tags, files, *, epoch, entrypoint=None, env=None):
+    """:func:`write_image` for big files: ``files`` maps in-image paths to ``(path on disk, mode)``.
+
+    Streams: the layer goes to a temporary file beside ``path`` (removed
+    afterwards), then into the archive, which replaces ``path`` only when
+    complete. The same inputs give the same bytes as :func:`image_bytes`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, layer_tmp = tempfile.mkstemp(prefix=f".{path.name}.layer.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(layer_tmp, "wb") as f:
+            _layer(files, epoch, from_disk=True).write(f)
+        archive, name = _one_layer(repo_tags, "sha256:" + fsutil.sha256_file(layer_tmp), epoch, entrypoint, env)
+        archive.add_file(name, layer_tmp)
+        with fsutil.atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                archive.write(f)
+            os.chmod(tmp, 0o644)
+    finally:
+        Path(layer_tmp).unlink(missing_ok=True)
+    return path
 
 
 # ---------------------------------------------------------------- reading: shared

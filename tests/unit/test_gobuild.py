@@ -12,7 +12,7 @@ from dindind.base import config, fsutil
 from dindind.base.errors import ConfigError, DindindError, InputError
 from dindind.base.layout import Layout
 from dindind.build import sources
-from dindind.build.sources import checkout, gobuild, module, oci, tree
+from dindind.build.sources import checkout, gobuild, module, tree
 from dindind.docker import archive
 
 UPSTREAM_GOMOD = """\
@@ -142,8 +142,8 @@ def test_go_version_order():
 def test_streamed_archive_is_byte_identical_to_the_in_memory_writer(tmp_path):
     src = tmp_path / "bin"
     src.write_bytes(b"\x7fELF pretend" * 1000)
-    ours = oci.write_image(tmp_path / "a.tar", ["r/x-amd64:v1", "r/x:v1"],
-                           {"/usr/local/bin/x": (src, 0o755)}, epoch=1700000000, entrypoint=["/x"])
+    ours = archive.write_image_from_files(tmp_path / "a.tar", ["r/x-amd64:v1", "r/x:v1"],
+                                          {"/usr/local/bin/x": (src, 0o755)}, epoch=1700000000, entrypoint=["/x"])
     theirs = archive.image_bytes(["r/x-amd64:v1", "r/x:v1"], {"/usr/local/bin/x": (src.read_bytes(), 0o755)},
                                  epoch=1700000000, entrypoint=["/x"])
     assert ours.read_bytes() == theirs

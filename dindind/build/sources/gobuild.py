@@ -477,14 +477,14 @@ def _image_specs(plan, images):
 
 def build_images(plan, images):
     """Every image archive into ``plan.work/images``, each rebuilt only when its inputs changed; return paths."""
-    from dindind.build.sources import oci
+    from dindind.docker import archive
 
     out = {}
     for name, (refs, files, entrypoint) in _image_specs(plan, images).items():
         inputs = {"refs": refs, "epoch": plan.epoch, "entrypoint": entrypoint, "recipe": RECIPE,
                   "files": {k: [fsutil.sha256_file(src), mode] for k, (src, mode) in files.items()}}
         out[name] = _if_changed(plan, name, inputs, lambda tar, r=refs, f=files, e=entrypoint:
-                                oci.write_image(tar, r, f, epoch=plan.epoch, entrypoint=e))
+                                archive.write_image_from_files(tar, r, f, epoch=plan.epoch, entrypoint=e))
     out["kube-proxy"] = _kube_proxy(plan)
     return out
 
