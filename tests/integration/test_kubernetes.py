@@ -91,8 +91,8 @@ def test_every_node_is_ready_at_the_built_version(cluster):
     version = json.loads(cluster["kubectl"]("version", "-o", "json").stdout)
     assert version["serverVersion"]["gitVersion"] == REAL_VERSION
     system = json.loads(cluster["kubectl"]("get", "pods", "-n", "kube-system", "-o", "json").stdout)["items"]
-    running = {p["metadata"]["name"].rsplit("-", 2)[0] for p in system if p["status"]["phase"] == "Running"}
-    assert {"coredns", "kube-proxy"} <= running, running
+    running = {(p["metadata"].get("labels") or {}).get("k8s-app") for p in system if p["status"]["phase"] == "Running"}
+    assert {"kube-dns", "kube-proxy"} <= running, running
 
 
 WEB = f"""
