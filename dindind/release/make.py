@@ -16,6 +16,21 @@ def default_version(kubernetes_version, root):
     return check_version(f"{kubernetes_version}-{git_describe(root) or 'nogit'}")
 
 
+def _node_runtime(cfg):
+    """containerd and runc as pinned (suite, version, .deb sha256), or None for the base suite's own."""
+    n = cfg.node
+    if not n["runtime_suite"]:
+        return None
+    return {"suite": n["runtime_suite"],
+            **{p: {"version": n[f"{p}_version"], "sha256": n[f"{p}_sha256"]} for p in ("containerd", "runc")}}
+
+
+def _go_build(tree):
+    """What a Kubernetes built from Go was built with (go-build.json: Go, every module, flags), or None."""
+    path = Path(tree.get("root", "")) / "go-build.json"
+    return _read_json(path, "Go build record") if tree.get("root") and path.is_file() else None
+
+
 def gather(cfg, layout):
     """The built images, debs and provenance of a release (reads the build's stamps; no engine)."""
     from dindind.build import debs as debs_mod
@@ -41,6 +56,8 @@ def gather(cfg, layout):
                  "suite": cfg.base["suite"], "mirror": cfg.base["mirror"]},
         "config": {"file": Path(cfg.path).name, "sha256": fsutil.sha256_bytes(config_bytes),
                    "effective_sha256": fsutil.digest_json(cfg.as_dict())},
+        "node_runtime": _node_runtime(cfg),
+        "go_build": _go_build(tree),
         "git": {"commit": git_commit(layout.root), "describe": git_describe(layout.root)},
         "source_date_epoch": cfg.source_date_epoch,
         "created": rfc3339(cfg.source_date_epoch),

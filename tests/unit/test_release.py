@@ -833,3 +833,19 @@ def test_ref_parsing(ref, host, name, tag):
                                             ("10.0.0.1:5000", False), ("registry.example.com", False)])
 def test_loopback_registries_use_plain_http(host, loopback):
     assert docker_registry._is_loopback(host) is loopback
+
+
+def test_provenance_records_the_pinned_node_runtime_and_the_go_build(tmp_path):
+    from dindind.base import config as config_mod
+    from dindind.release import make
+
+    cfg = config_mod.parse("", tmp_path / "c.yaml", base_dir=tmp_path)
+    runtime = make._node_runtime(cfg)
+    assert runtime["suite"] == "forky"
+    assert runtime["containerd"] == {"version": cfg.node["containerd_version"], "sha256": cfg.node["containerd_sha256"]}
+    assert runtime["runc"]["version"] == "1.3.6+ds1-1"
+    assert make._node_runtime(config_mod.parse("node:\n  runtime_suite: null\n", tmp_path / "c.yaml",
+                                               base_dir=tmp_path)) is None
+    (tmp_path / "go-build.json").write_text('{"go": ["go1.26.8"], "modules": {"k8s.io/api": "v0.37.2"}}')
+    assert make._go_build({"root": str(tmp_path)})["modules"] == {"k8s.io/api": "v0.37.2"}
+    assert make._go_build({"root": str(tmp_path / "sample")}) is None
