@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Benchmark the real Kubernetes build and cluster: prints figures, asserts nothing.
+
+    .venv/bin/python bench/kubernetes.py [--version v1.37.2] [--runs 3] [--cold]
+
+In a throwaway project copy with `dindind-bench-real/*` repositories:
+  1. `doit build` from modules (with --cold: empty Go build and module caches
+     in a temporary GOPATH/GOCACHE, module download timed apart from the
+     compile; without: Go's caches as they are);
+  2. the no-op `doit build` (median of --runs), and doit's peak RSS;
+  3. `cluster:up` of 1 control plane + 2 workers (nested) to every node
+     Ready, and `cluster:down` (medians of --runs);
+  4. the node and cluster image sizes.
+Goals (issue 9): up <= 60 s nested on 2 cores; doit <= 150 MB.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import copy_project  # noqa: E402
+
+DOIT = str(Path(sys.executable).parent / "doit")
+
+
+def run(project, *args, env=None):
+    t = time.monotonic()
+    p = subprocess.run([DOIT, *args], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       env={**os.environ, **(env or {})})
+    if p.returncode:
+        sys.exit(f"doit {' '.join(args)} failed:\n{p.stdout[-4000:]}")
+    return time.monotonic() - t, p.stdout
+
+
+def size_mb(ref):
+    out = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", ref], stdout=subprocess.PIPE, text=True)
+    return int(out.stdout.strip()) / 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--version", default="v1.37.2")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--cold", action="store_true", help="empty Go caches (about 25 min on 2 cores)")
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="dindind-bench-real-"))
+    env = {}
+    try:
+        project = copy_project(work / "project")
+        cfg = project / "real.yaml"
+        cfg.write_text(f"kubernetes:\n  source: module\n  version: {a.version}\n"
+                       "node:\n  repository: dindind-bench-real/node\n"
+                       "cluster:\n  repository: dindind-bench-real/cluster\n")
+        if a.cold:
+            env = {"GOPATH": str(work / "gopath"), "GOCACHE": str(work / "gocache"),
+                   "GOMODCACHE": str(work / "gopath" / "pkg" / "mod")}
+        t_build, _ = run(project, f"config={cfg}", "build", env=env)
+        print(f"build from modules ({'cold' if a.cold else 'Go caches as they were'}): {t_build:.1f} s", flush=True)
+        record = json.loads(next((project / "artifacts" / "kubernetes").glob("module-*/go-build.json")).read_text())
+        steps = record.get("timings") or {}
+        if steps:
+            print("  steps: " + ", ".join(f"{k} {v:.0f} s" for k, v in steps.items()))
+        noops = [run(project, f"config={cfg}", "build", env=env)[0] for _ in range(a.runs)]
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"no-op build: median {statistics.median(noops):.2f} s of {a.runs}; doit peak RSS {rss:.0f} MB")
+        ups, downs = [], []
+        for i in range(a.runs):
+            t_up, _ = run(project, f"config={cfg}", "cluster:up", "--name", "bench-real", "--workers", "2")
+            t_down, _ = run(project, f"config={cfg}", "cluster:down", "--name", "bench-real")
+            ups.append(t_up)
+            downs.append(t_down)
+            print(f"  run {i + 1}: up {t_up:.1f} s, down {t_down:.1f} s", flush=True)
+        print(f"cluster:up 1+2 nested to Ready: median {statistics.median(ups):.1f} s; "
+              f"cluster:down: median {statistics.median(downs):.1f} s")
+        stamps = {n: json.loads((project / "artifacts" / "images" / f"{n}.json").read_text()) for n in ("node", "cluster")}
+        print("images: " + ", ".join(f"{n} {size_mb(s['tags'][0]):.0f} MB" for n, s in stamps.items()))
+        for s in stamps.values():
+            subprocess.run(["docker", "rmi", "-f", *s["tags"]], stdout=subprocess.DEVNULL)
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(work)])      # Go's module cache is read-only
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
