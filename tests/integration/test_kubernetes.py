@@ -145,7 +145,7 @@ def test_pods_reach_each_other_across_nodes(cluster, web):
         for other, other_node, ip in web:
             if other_node == node:
                 continue
-            r = k("exec", name, "--", "wget", "-q", "-T", "5", "-O", "-", f"http://{ip}:8080/")
+            r = k("exec", name, "--", "busybox", "wget", "-q", "-T", "5", "-O", "-", f"http://{ip}:8080/")
             assert r.stdout.strip() == other, (name, other, r.stdout)
 
 
@@ -155,9 +155,9 @@ def test_a_service_answers_by_cluster_ip_and_by_dns_name(cluster, web):
     client = web[0][0]
     names = {p for p, _, _ in web}
     for url in (f"http://{ip}/", "http://web.default.svc.cluster.local/", "http://web/"):
-        r = k("exec", client, "--", "wget", "-q", "-T", "5", "-O", "-", url)
+        r = k("exec", client, "--", "busybox", "wget", "-q", "-T", "5", "-O", "-", url)
         assert r.stdout.strip() in names, (url, r.stdout)
-    r = k("exec", client, "--", "nslookup", "kubernetes.default.svc.cluster.local")
+    r = k("exec", client, "--", "busybox", "nslookup", "kubernetes.default.svc.cluster.local")
     assert "10.96.0.1" in r.stdout, r.stdout
 
 
