@@ -22,6 +22,10 @@ The steps, in order (each one skips what is already up to date):
 
 A failure leaves the published tree as it was (or absent): everything is
 staged under ``<root>/.work`` first.
+
+One module of more than 400 lines on purpose: the six steps share one plan
+(versions, flags, paths) and its rules; split, each part would take the plan
+apart again.
 """
 
 import json

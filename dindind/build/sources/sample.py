@@ -178,11 +178,6 @@ def _rel_files():
 MANIFEST = _rel_files()
 
 
-def manifest():
-    """Every relative path :func:`generate` writes (the doit task's targets)."""
-    return MANIFEST
-
-
 def component_ref(name, version):
     """The image reference of a control-plane component, as upstream tags it."""
     return f"{REGISTRY}/{name}-{ARCH}:{docker_tag(version)}"

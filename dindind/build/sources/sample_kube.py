@@ -21,7 +21,8 @@ just enough for a sample cluster to come up and pass dindind's readiness check:
   node CSRs (bootstrap token), node status PUT (node certificate) and node GET
   (system:masters), and nothing else.
 
-Stdlib and the openssl CLI only. For tests, $DINDIND_SAMPLE_ROOT prefixes every
+One file of more than 400 lines on purpose: it is installed as one program
+in the node, with nothing of dindind beside it. Stdlib and the openssl CLI only. For tests, $DINDIND_SAMPLE_ROOT prefixes every
 absolute path and $DINDIND_SAMPLE_SYSTEMCTL replaces the systemctl command.
 """
 
