@@ -53,7 +53,8 @@ def project(tmp_path):
 
 # ------------------------------------------------------------------ the shared build
 
-TEST_REPOS = {"node": "dindind-test/node", "cluster": "dindind-test/cluster"}
+# per test session: two sessions on one engine (CI beside a developer's run) never retag each other's images
+TEST_REPOS = {"node": f"dindind-test/node-{os.getpid()}", "cluster": f"dindind-test/cluster-{os.getpid()}"}
 
 
 SAMPLE = "kubernetes:\n  source: sample\n  version: v1.31.2+sample\n"
@@ -100,7 +101,7 @@ def built(tmp_path_factory):
 
 
 REAL_VERSION = "v1.37.2"
-REAL_REPOS = {"node": "dindind-real/node", "cluster": "dindind-real/cluster"}
+REAL_REPOS = {"node": f"dindind-real/node-{os.getpid()}", "cluster": f"dindind-real/cluster-{os.getpid()}"}
 
 
 @pytest.fixture(scope="session")

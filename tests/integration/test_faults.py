@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (Background, artifact_mtimes, copy_project, copy_sample_tree, dir_source_yaml, doit,
+from conftest import (SAMPLE, Background, artifact_mtimes, copy_project, copy_sample_tree, dir_source_yaml, doit,
                       executed, project_config)
 
 pytestmark = pytest.mark.engine
@@ -292,7 +292,7 @@ def test_malformed_dir_tree_names_every_bad_file(tmp_path, built):
 def test_docker_build_failure_shows_the_failing_step_and_the_log_tail(prepared, janitor):
     proj = prepared
     cfg = proj / "buildfail.yaml"
-    cfg.write_text("node:\n  repository: dindind-inc/fail-node\n  packages: [dindind-no-such-package]\n"
+    cfg.write_text(SAMPLE + "node:\n  repository: dindind-inc/fail-node\n  packages: [dindind-no-such-package]\n"
                    "cluster:\n  repository: dindind-inc/fail-cluster\n")
     janitor.image(f"dindind-inc/fail-node:{TAG}", f"dindind-inc/fail-cluster:{TAG}")
     r = doit(proj, f"config={cfg}", "build", check=False)
