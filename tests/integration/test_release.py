@@ -182,10 +182,14 @@ def test_release_directory_and_provenance(released, built):
     assert p["kubernetes"]["version"] == built.stamp("node")["kubernetes_version"]
     assert p["inputs"]["node"] == built.stamp("node")["inputs"]
     assert p["inputs"]["cluster"] == built.stamp("cluster")["inputs"]
-    assert p["base"]["id"] == built.stamp("base")["id"] and p["base"]["suite"] == "bookworm"
-    assert p["base"]["debian"] == {"node": "bookworm", "cluster": "bookworm"}
+    assert p["base"]["id"] == built.stamp("base")["id"] and p["base"]["suite"] == "trixie"
+    assert p["base"]["debian"] == {"node": "trixie", "cluster": "trixie"}
     node_pkgs, cluster_pkgs = p["base"]["packages"]["node"], p["base"]["packages"]["cluster"]
     assert node_pkgs["containerd"] and node_pkgs["systemd"] and cluster_pkgs["docker.io"]
+    # the pinned runtime is what the node holds, and the provenance says where it came from
+    assert node_pkgs["containerd"] == p["node_runtime"]["containerd"]["version"] == "2.1.9+ds1-5"
+    assert node_pkgs["runc"] == p["node_runtime"]["runc"]["version"] and p["node_runtime"]["suite"] == "forky"
+    assert p["go_build"] is None                     # the sample is not built from Go
     assert p["git"] == {"commit": "unknown", "describe": None}
     assert p["source_date_epoch"] == 1700000000
     assert p["config"]["file"] == "test.yaml" and len(p["config"]["sha256"]) == 64
