@@ -83,13 +83,10 @@ def main():
         t_build, _ = run(project, f"config={cfg}", "build", env=env)
         print(f"build from modules ({'cold' if a.cold else 'Go caches as they were'}): {t_build:.1f} s", flush=True)
         record = json.loads(next((project / "artifacts" / "kubernetes").glob("module-*/go-build.json")).read_text())
-        steps = record.get("timings") or {}
-        if steps:
-            print("  steps: " + ", ".join(f"{k} {v:.0f} s" for k, v in steps.items()))
+        print(f"  built with {' '.join(record['go'])}: {len(record['modules'])} modules")
         noops = [run(project, f"config={cfg}", "build", env=env)[0] for _ in range(a.runs)]
         print(f"no-op build: median {statistics.median(noops):.2f} s of {a.runs}; "
-              f"doit's own peak RSS in it {doit_rss(project, cfg):.0f} MB (the Go compiler's is far larger: "
-              "see go-build.json)")
+              f"doit's own peak RSS in it {doit_rss(project, cfg):.0f} MB")
         ups, downs = [], []
         for i in range(a.runs):
             t_up, _ = run(project, f"config={cfg}", "cluster:up", "--name", "bench-real", "--workers", "2")
