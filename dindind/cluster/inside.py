@@ -26,7 +26,6 @@ from dindind.base import config
 from dindind.base.errors import DindindError
 from dindind.cluster import api
 from dindind.cluster.plan import API_PORT, Settings, node_names
-from dindind.docker import containers
 
 STATE = "/var/lib/dindind"
 KUBECONFIG = os.path.join(STATE, "kubeconfig")
@@ -36,6 +35,7 @@ LOGS = os.path.join(STATE, "logs")
 E2E = os.path.join(STATE, "e2e")
 DOCKERD_LOG = "/var/log/dockerd.log"
 DEFAULT_SERVER = f"https://127.0.0.1:{API_PORT}"
+HEALTH_TIMEOUT = 3     # seconds one health probe waits for the API (the HEALTHCHECK runs every 3 s)
 DEFAULT_E2E_SKIP = (
     r"\[Slow\]|\[Serial\]|\[Disruptive\]|\[Flaky\]|\[Feature:.+\]|\[NodeFeature:.+\]|\[NodeConformance\]"
     r"|\[sig-cloud-provider|\[sig-cloud-provider-gcp\]|Kubectl.*logs|kernel module|NFS|nfs|CNI|Networking.*Internet"
@@ -101,11 +101,11 @@ def kubeconfig(args, state=STATE, out=sys.stdout):
     return 0
 
 
-def readiness(state=STATE):
+def readiness(state=STATE, timeout=5):
     """(names, {name: Ready}) of the ready cluster's nodes, asked of its API."""
     data, settings = require_ready(state)
     names = [n for n, _ in node_names(settings.name, settings.workers)]
-    return names, api.node_readiness(data)
+    return names, api.node_readiness(data, timeout=timeout)
 
 
 def status(args, state=STATE, out=sys.stdout):
@@ -125,7 +125,7 @@ def health(args, state=STATE, out=sys.stdout):
     if phase(state) == "engine":            # --no-cluster: the inner engine is all there is
         out.write("engine only (--no-cluster)\n")
         return 0
-    names, ready = readiness(state)
+    names, ready = readiness(state, timeout=HEALTH_TIMEOUT)
     missing = [n for n in names if not ready.get(n)]
     if missing:
         raise DindindError(f"not Ready: {', '.join(missing)}")
@@ -135,6 +135,8 @@ def health(args, state=STATE, out=sys.stdout):
 
 def logs(args, state=STATE, out=sys.stdout):
     """Write dockerd's log and, per node, docker inspect and the kubelet/containerd journals under LOGS."""
+    from dindind.docker import containers      # the SDK: only here, so the HEALTHCHECK starts fast
+
     if args:
         raise _usage("logs takes no arguments")
     dest = os.path.join(state, "logs")

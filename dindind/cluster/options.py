@@ -106,7 +106,9 @@ def help_text(defaults):
              "kubelet_extra_args": " ".join(defaults.kubelet_extra_args) or "none"}
     lines = [f"dindind cluster image: Kubernetes {defaults.kubernetes_version}, nodes from {defaults.node_image}",
              "",
-             "usage: docker run -d --name C $(python -m dindind run-flags) -p 127.0.0.1:6443:6443 IMAGE [ARGS]",
+             "usage: docker run -d --name C FLAGS -p 127.0.0.1:6443:6443 IMAGE [ARGS]",
+             "  FLAGS: what `python -m dindind run-flags` prints for your engine (shell-quoted: paste it, or",
+             "  eval \"docker run -d --name C $(python -m dindind run-flags) -p 127.0.0.1:6443:6443 IMAGE\")",
              "",
              "arguments (default: the cluster this image was built for):"]
     for opt, (field, metavar, text) in OPTIONS.items():

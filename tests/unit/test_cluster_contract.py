@@ -224,7 +224,7 @@ def test_kubeconfig_refuses_a_server_that_is_not_an_https_address(tmp_path, url)
 def test_health_and_status_read_readiness_from_the_api(tmp_path, monkeypatch):
     st = state(tmp_path)
     ready = {"dindind-control-plane": True, "dindind-worker": True, "dindind-worker2": False}
-    monkeypatch.setattr(inside.api, "node_readiness", lambda kc: dict(ready))
+    monkeypatch.setattr(inside.api, "node_readiness", lambda kc, timeout: dict(ready))
     with pytest.raises(DindindError, match="not Ready: dindind-worker2"):
         inside.health([], st, io.StringIO())
     out = io.StringIO()
@@ -241,7 +241,7 @@ def test_the_api_not_answering_is_unhealthy_without_a_traceback(tmp_path, monkey
     monkeypatch.setattr(inside, "STATE", st)
     monkeypatch.setattr(inside.health, "__defaults__", (st, io.StringIO()))
 
-    def refused(kc):
+    def refused(kc, timeout):
         raise ConnectionRefusedError(111, "Connection refused")
 
     monkeypatch.setattr(inside.api, "node_readiness", refused)
