@@ -8,6 +8,9 @@
     python -m dindind kubeconfig CONTAINER [--server URL]
                                            a running cluster container's kubeconfig, its server the
                                            published API address (or URL)
+    python -m dindind manifest [IMAGE] [--name N] [--focus RE] [--skip RE]
+                                           a Kubernetes Job running the cluster image as a pod: the
+                                           cluster, then e2e; the Job's result is the e2e result
 """
 
 import json
@@ -53,6 +56,28 @@ def kubeconfig(argv):
     return host.container_kubeconfig(argv[0], server)
 
 
+def manifest(argv):
+    """``manifest [IMAGE] [--name N] [--focus RE] [--skip RE]``: the Job's YAML."""
+    from dindind.cluster import manifest as manifest_mod
+
+    usage = "python -m dindind manifest [IMAGE] [--name NAME] [--focus RE] [--skip RE]"
+    kw, image, rest = {}, None, list(argv)
+    while rest:
+        arg = rest.pop(0)
+        opt, eq, value = arg.partition("=")
+        if opt in ("--name", "--focus", "--skip"):
+            if not eq:
+                if not rest:
+                    raise DindindError(f"{opt} needs a value", hint=usage)
+                value = rest.pop(0)
+            kw[opt[2:]] = value
+        elif image is None and not arg.startswith("-"):
+            image = arg
+        else:
+            raise DindindError(f"unexpected argument {arg!r}", hint=usage)
+    return manifest_mod.render(image or _cluster_image(), **kw)
+
+
 def main(argv):
     cmd = argv[0] if argv else "help"
     try:
@@ -68,6 +93,8 @@ def main(argv):
             print(run_flags(argv[1:]))
         elif cmd == "kubeconfig":
             sys.stdout.write(kubeconfig(argv[1:]))
+        elif cmd == "manifest":
+            sys.stdout.write(manifest(argv[1:]))
         else:
             print(__doc__.strip())
             return 0 if cmd in ("help", "-h", "--help") else 2

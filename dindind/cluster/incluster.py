@@ -118,6 +118,15 @@ def stop_nodes():
     log(f"stopped {len(nodes)} node(s)")
 
 
+def run_e2e(e2e_args):
+    """``dindind e2e`` against the ready cluster; its exit code (JUnit XML under inside.E2E)."""
+    log("running e2e")
+    code, out = proc.status(["dindind", "e2e", *e2e_args])
+    print(out.rstrip(), flush=True)
+    log(f"e2e finished: exit {code}")
+    return code
+
+
 def read_args(argv):
     """options.Args from the image's defaults and ``argv``."""
     try:
@@ -173,6 +182,9 @@ def main(argv=None):
                 state["raise"] = False
                 set_phase("ready")
                 log("cluster ready")
+                if args.e2e:             # a Job's pod: the e2e result is this container's
+                    code = run_e2e(args.e2e_args())
+                    state["stop"] = True
         except Stopping:
             log("stop requested during bring-up")
         except DindindError as exc:

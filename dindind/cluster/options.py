@@ -27,6 +27,9 @@ OPTIONS = {
     "--wait": ("wait", "SECONDS", "how long to wait for every node to be Ready (0: do not wait)"),
     "--retain": ("retain", None, "keep the nodes (and this container running) when bring-up fails"),
     "--no-cluster": ("no_cluster", None, "start only the inner engine and load the node image"),
+    "--e2e": ("e2e", None, "once Ready, run e2e.test, stop, and exit with its result (a Job's pod)"),
+    "--e2e-focus": ("e2e_focus", "RE", "with --e2e: ginkgo focus"),
+    "--e2e-skip": ("e2e_skip", "RE", "with --e2e: ginkgo skip (default: dindind's list of unsupported tests)"),
     "--help": ("help", None, "print this help and exit"),
 }
 
@@ -34,10 +37,18 @@ OPTIONS = {
 class Args:
     """What the command line asked for: the settings, and the flags that are not settings."""
 
-    def __init__(self, settings, no_cluster=False, help=False):
+    def __init__(self, settings, no_cluster=False, help=False, e2e=False, e2e_focus=None, e2e_skip=None):
         self.settings = settings
         self.no_cluster = no_cluster
         self.help = help
+        self.e2e = e2e
+        self.e2e_focus = e2e_focus
+        self.e2e_skip = e2e_skip
+
+    def e2e_args(self):
+        """The arguments of ``dindind e2e`` that --e2e runs."""
+        return ([f"--focus={self.e2e_focus}"] if self.e2e_focus else []) + \
+               ([f"--skip={self.e2e_skip}"] if self.e2e_skip else [])
 
 
 def load_defaults(text):
@@ -58,7 +69,7 @@ def _bad(message):
 
 def parse(argv, defaults):
     """Args from the arguments after the image; ``defaults`` (Settings) fills in the rest."""
-    changes, kubelet, flags = {}, [], {"no_cluster": False, "help": False}
+    changes, kubelet, flags = {}, [], {"no_cluster": False, "help": False, "e2e": False}
     argv = list(argv)
     i = 0
     while i < len(argv):
@@ -90,8 +101,17 @@ def parse(argv, defaults):
             if not re.fullmatch(config.ARG_RE, value):
                 raise _bad(f"--kubelet-arg {_show(value)} is not of the form --flag=value")
             kubelet.append(value)
+        elif field in ("e2e_focus", "e2e_skip"):
+            problem = config.check_regex(value)
+            if problem:
+                raise _bad(f"{opt} {_show(value)} {problem}")
+            flags[field] = value
     if kubelet:
         changes["kubelet_extra_args"] = tuple(kubelet)
+    if (flags.get("e2e_focus") or flags.get("e2e_skip")) and not flags["e2e"]:
+        raise _bad("--e2e-focus and --e2e-skip go with --e2e")
+    if flags["e2e"] and flags["no_cluster"]:
+        raise _bad("--e2e needs a cluster: drop --no-cluster")
     return Args(replace(defaults, **changes), **flags)
 
 

@@ -266,3 +266,47 @@ def test_e2e_command_line_and_its_checks():
 def test_unknown_inside_command_prints_usage(capsys):
     assert inside.main(["nope"]) == 2
     assert "dindind kubeconfig" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ --e2e and the pod manifest
+
+def test_e2e_arguments(tmp_path):
+    d = defaults(tmp_path)
+    a = options.parse(["--e2e", "--e2e-focus=Conformance", "--e2e-skip", "Slow"], d)
+    assert a.e2e and a.e2e_args() == ["--focus=Conformance", "--skip=Slow"]
+    assert options.parse(["--e2e"], d).e2e_args() == []
+    for argv, message in ((["--e2e-focus=x"], "go with --e2e"), (["--e2e", "--no-cluster"], "needs a cluster"),
+                          (["--e2e", "--e2e-skip", "("], "--e2e-skip")):
+        with pytest.raises(DindindError, match=message):
+            options.parse(argv, d)
+
+
+def test_the_manifest_is_a_job_that_runs_the_image_with_e2e_as_its_result():
+    from dindind.cluster import manifest
+
+    doc = yaml.safe_load(manifest.render("dindind/cluster:v1.31.2_sample", name="t14-ci", focus="Conformance"))
+    assert (doc["apiVersion"], doc["kind"], doc["metadata"]["name"]) == ("batch/v1", "Job", "t14-ci")
+    assert doc["spec"]["backoffLimit"] == 0
+    pod = doc["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["terminationGracePeriodSeconds"] == host.STOP_TIMEOUT
+    (c,) = pod["containers"]
+    assert c["image"] == "dindind/cluster:v1.31.2_sample" and c["securityContext"] == {"privileged": True}
+    assert c["args"] == ["--e2e", "--e2e-focus=Conformance"]
+    # the arguments are the image's own: they parse with its rules
+    assert options.parse(c["args"], plan.Settings(**{**options.load_defaults(
+        images.cluster_defaults(config.load(None), NODE_STAMP)).__dict__})).e2e
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/var/lib/docker"]]
+    assert volumes[mounts["/run"]]["emptyDir"] == {"medium": "Memory"}
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
+    assert doc["spec"]["template"]["metadata"]["labels"] == doc["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["Not An Image"], "invalid image reference"), (["x:1", "--name", "Bad_"], "invalid job name"),
+    (["x:1", "--focus", "("], "--e2e-focus"), (["x:1", "--bogus"], "unexpected argument")])
+def test_manifest_refuses_bad_input(argv, message, capsys):
+    assert cli.main(["manifest", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
