@@ -127,6 +127,26 @@ def run_e2e(e2e_args):
     return code
 
 
+NEEDED_CAPS = {"CAP_SYS_ADMIN": 21, "CAP_NET_ADMIN": 12}     # mounts and cgroups; bridges and iptables
+
+
+def missing_privileges(status_text, cgroup_writable):
+    """What this container lacks to run an engine and systemd nodes, from /proc/self/status's text."""
+    eff = next((int(line.split()[1], 16) for line in status_text.splitlines() if line.startswith("CapEff:")), 0)
+    missing = [name for name, bit in NEEDED_CAPS.items() if not eff >> bit & 1]
+    if not cgroup_writable:
+        missing.append("a writable /sys/fs/cgroup")
+    return missing
+
+
+def check_privileges():
+    with open("/proc/self/status") as f:
+        missing = missing_privileges(f.read(), os.access("/sys/fs/cgroup", os.W_OK))
+    if missing:
+        raise DindindError(f"this container lacks {', '.join(missing)}",
+                           hint="run it with the flags `python -m dindind run-flags` prints for your engine")
+
+
 def read_args(argv):
     """options.Args from the image's defaults and ``argv``."""
     try:
@@ -149,6 +169,11 @@ def main(argv=None):
     if args.help:
         print(options.help_text(args.settings), flush=True)
         return 0
+    try:
+        check_privileges()
+    except DindindError as exc:
+        print(f"ERROR: {exc.message} ({exc.hint})", flush=True)
+        return 3
     settings = args.settings
     state = {"stop": False, "raise": False}
 

@@ -207,3 +207,10 @@ def test_bad_arguments_exit_at_once_with_one_line(image, flags):
         assert "--workers N" in h.stdout and "(default: 2)" in h.stdout
     finally:
         docker("rm", "-f", "-v", name, check=False)
+
+
+def test_without_the_flags_it_names_what_is_missing_and_exits(image):
+    r = docker("run", "--rm", image, check=False)
+    assert r.returncode == 3
+    assert r.stdout.startswith("ERROR: this container lacks CAP_SYS_ADMIN, CAP_NET_ADMIN"), r.stdout
+    assert r.stdout.count("\n") == 1 and "run-flags" in r.stdout

@@ -116,6 +116,7 @@ def _entry(tmp_path, monkeypatch, argv, capsys):
 
     monkeypatch.setattr(incluster.engine, "start_dockerd", no_engine)
     monkeypatch.setattr(incluster, "set_phase", lambda phase: None)
+    monkeypatch.setattr(incluster, "check_privileges", lambda: None)
     code = incluster.main(argv)
     return code, capsys.readouterr().out
 
@@ -310,3 +311,21 @@ def test_manifest_refuses_bad_input(argv, message, capsys):
     assert cli.main(["manifest", *argv]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_missing_privileges_are_named():
+    full = "Name:\tpython3\nCapEff:\t000001ffffffffff\n"
+    assert incluster.missing_privileges(full, True) == []
+    # docker's default set: no CAP_SYS_ADMIN, no CAP_NET_ADMIN
+    assert incluster.missing_privileges("CapEff:\t00000000a80425fb\n", False) == [
+        "CAP_SYS_ADMIN", "CAP_NET_ADMIN", "a writable /sys/fs/cgroup"]
+
+
+def test_the_entry_point_without_privileges_says_what_is_missing_and_exits(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "cluster.json"
+    path.write_text(images.cluster_defaults(load_config(tmp_path), NODE_STAMP))
+    monkeypatch.setattr(options, "DEFAULTS", str(path))
+    monkeypatch.setattr(incluster, "missing_privileges", lambda text, writable: ["CAP_SYS_ADMIN"])
+    assert incluster.main([]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("ERROR: this container lacks CAP_SYS_ADMIN") and out.count("\n") == 1
