@@ -3,7 +3,6 @@ image, the `dindind` command inside, and what the host side passes and prints (i
 
 import io
 import json
-import os
 import stat
 
 import pytest
