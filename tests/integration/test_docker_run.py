@@ -214,3 +214,17 @@ def test_without_the_flags_it_names_what_is_missing_and_exits(image):
     assert r.returncode == 3
     assert r.stdout.startswith("ERROR: this container lacks CAP_SYS_ADMIN, CAP_NET_ADMIN"), r.stdout
     assert r.stdout.count("\n") == 1 and "run-flags" in r.stdout
+
+
+def test_e2e_mode_exits_with_the_e2e_result_as_the_pod_manifest_runs_it(image, flags):
+    name = "t14-e2e"
+    docker("rm", "-f", "-v", name, check=False)
+    try:
+        r = docker("run", "--name", name, *flags, image, "--workers", "0", "--e2e", "--e2e-focus", "Conformance",
+                   check=False)
+        logs = docker("logs", name).stdout
+        assert r.returncode == 0, logs[-3000:]
+        assert "dindind: e2e finished: exit 0" in logs and "dindind: stopped 1 node(s)" in logs
+        assert "JUnit XML: junit_01.xml" in logs
+    finally:
+        docker("rm", "-f", "-v", name, check=False)
