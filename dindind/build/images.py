@@ -280,12 +280,26 @@ def cluster_packages(cfg):
     return sorted(CLUSTER_PACKAGES + (() if suite in config.OLD_GLIBC_SUITES else ("docker-cli",)))
 
 
+# The config's cluster keys the cluster image carries as its defaults (dindind.cluster.options):
+# what `docker run IMAGE` brings up. The host-side keys (api_address, api_port, nested, e2e_*) stay out.
+CLUSTER_DEFAULT_KEYS = ("name", "workers", "pod_subnet", "service_subnet", "node_subnet", "cni",
+                        "kubelet_extra_args", "kubeadm_patches", "wait")
+
+
+def cluster_defaults(cfg, node_stamp):
+    """The cluster image's default settings (dindind.cluster.plan.Settings fields) as one line of JSON."""
+    data = {k: cfg.cluster[k] for k in CLUSTER_DEFAULT_KEYS}
+    data.update(node_image=node_stamp["tags"][0], kubernetes_version=node_stamp["kubernetes_version"])
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
 def cluster_context(cfg, base_stamp, node_stamp):
     return {
         "base_image": base_stamp["tags"][0],
         "packages": cluster_packages(cfg),
         "node_image": node_stamp["tags"][0],
         "node_archive": node_archive_name(cfg),
+        "defaults": cluster_defaults(cfg, node_stamp),
     }
 
 
@@ -299,7 +313,7 @@ def render_cluster(cfg, layout):
 # and release stages, the doit glue and the host side of clusters stay out, so an
 # edit there leaves the cluster image as it is (tests/unit/test_cluster_image.py).
 CLUSTER_IMAGE_PACKAGES = ("dindind/base", "dindind/docker", "dindind/cluster")
-HOST_ONLY = ("dindind/cluster/host.py",)
+HOST_ONLY = ("dindind/cluster/host.py", "dindind/cluster/manifest.py")
 
 
 def package_files(root=ROOT):

@@ -63,9 +63,9 @@ def get(kubeconfig, path, server=None, timeout=5):
         return resp.status, body.decode(errors="replace")
 
 
-def node_readiness(kubeconfig, server=None):
+def node_readiness(kubeconfig, server=None, timeout=5):
     """{node name: True/False} from GET /api/v1/nodes."""
-    status, body = get(kubeconfig, "/api/v1/nodes", server)
+    status, body = get(kubeconfig, "/api/v1/nodes", server, timeout=timeout)
     if status != 200:
         raise DindindError(f"GET /api/v1/nodes answered {status}: {str(body)[:200]}")
     ready = {}

@@ -26,20 +26,17 @@ import time
 from dindind.base import config, fsutil, proc
 from dindind.docker import containers, engine, images
 from dindind.base.errors import CommandError, DindindError, InputError
-from dindind.cluster import api, create, plan as plan_mod
+from dindind.cluster import api, create, inside, plan as plan_mod
 from dindind.cluster.actions import waitready
 from dindind.cluster.status import Status
 
 TOP_ROLE = "cluster"
 NODES_LABEL = "io.dindind.nodes"
 NESTED_LABEL = "io.dindind.nested"
-KUBECONFIG_IN = "/var/lib/dindind/kubeconfig"
-DEFAULT_E2E_SKIP = (
-    r"\[Slow\]|\[Serial\]|\[Disruptive\]|\[Flaky\]|\[Feature:.+\]|\[NodeFeature:.+\]|\[NodeConformance\]"
-    r"|\[sig-cloud-provider|\[sig-cloud-provider-gcp\]|Kubectl.*logs|kernel module|NFS|nfs|CNI|Networking.*Internet"
-    r"|\[sig-storage\].*(Dynamic|Subpath|iSCSI|Ceph|Gluster|CSI|PersistentVolumes|Volume expansion)"
-    r"|[Uu]pgrade|[Rr]estart|GCE|AWS|Azure|vSphere|\[sig-node\].*NodeProblemDetector"
-)
+KUBECONFIG_IN = inside.KUBECONFIG
+DEFAULT_E2E_SKIP = inside.DEFAULT_E2E_SKIP
+TOP_TMPFS = {"/run": "rw", "/run/lock": "rw", "/tmp": "rw"}
+STOP_TIMEOUT = 60      # seconds `docker stop` waits: the nodes stop in parallel within it
 
 
 def top_name(name):
@@ -147,10 +144,12 @@ def _up_nested(layout, settings, publish, out):
         created.append(("volume", volume))
         binds = {} if privilege.get("privileged") else {"/sys/fs/cgroup": "/sys/fs/cgroup"}
         created.append(("container", top))
+        # the image's own contract, as `docker run` by hand: its defaults are this config's (the build
+        # renders them into it); the arguments carry what the command line may change
         containers.run_container(image, top, labels=labels, hostname=top, volumes={volume: "/var/lib/docker", **binds},
-                             tmpfs={"/run": "rw", "/run/lock": "rw", "/tmp": "rw"},
-                             ports={plan_mod.API_PORT: publish}, env=[f"DINDIND_CLUSTER={settings.to_json()}"],
-                             privilege=privilege, stop_timeout=60)
+                             tmpfs=dict(TOP_TMPFS), command=image_args(settings),
+                             ports={plan_mod.API_PORT: publish}, privilege=privilege, stop_timeout=STOP_TIMEOUT,
+                             restart={"Name": "unless-stopped"})
         _relay(top, settings, out)
         kubeconfig = containers.get_file(top, KUBECONFIG_IN)
         path, server = _export_kubeconfig(layout, settings.name, kubeconfig, publish[0], _host_port(top, publish[0]))
@@ -163,6 +162,23 @@ def _up_nested(layout, settings, publish, out):
         if not settings.retain:
             _remove(created)
         raise
+
+
+def image_args(settings):
+    """The arguments after the image (dindind.cluster.options) that ask for ``settings``."""
+    args = ["--name", settings.name, "--workers", str(settings.workers), "--wait", str(settings.wait)]
+    args += [f"--kubelet-arg={a}" for a in settings.kubelet_extra_args]
+    return args + (["--retain"] if settings.retain else [])
+
+
+def run_flags(privilege):
+    """The ``docker run`` flags (besides -p and the image) a cluster container needs on this engine."""
+    flags = containers.run_args(privilege)
+    if not privilege.get("privileged"):
+        flags += ["-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw"]
+    for path in TOP_TMPFS:
+        flags += ["--tmpfs", path]
+    return flags + [f"--stop-timeout={STOP_TIMEOUT}"]
 
 
 def _relay(top, settings, out):
@@ -230,6 +246,64 @@ def down(cfg, layout, name=None, out=print):
         out(f"no cluster named {name!r}")
     else:
         out(f"removed cluster {name}: {len(found)} container(s), {len(vols)} volume(s), {len(nets)} network(s)")
+
+
+def _top_of(name):
+    """The top-level container of a nested cluster, or a DindindError saying why there is none."""
+    tops = containers.containers({plan_mod.CLUSTER_LABEL: name, plan_mod.ROLE_LABEL: TOP_ROLE})
+    if not tops:
+        if containers.containers({plan_mod.CLUSTER_LABEL: name}):
+            raise DindindError(f"cluster {name!r} is not nested: stop and start applies to nested clusters",
+                               hint="stop or start its node containers with docker stop/start")
+        raise DindindError(f"no cluster named {name!r}", hint="see `doit cluster:status`")
+    return tops[0]["Names"][0].lstrip("/")
+
+
+def published_server(container):
+    """``https://ADDRESS:PORT`` where ``container`` publishes the API port on the host, or None."""
+    bindings = containers.inspect_container(container)["NetworkSettings"]["Ports"].get(f"{plan_mod.API_PORT}/tcp")
+    for b in bindings or []:
+        address = b.get("HostIp") or "0.0.0.0"
+        address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
+        return f"https://{f'[{address}]' if ':' in address else address}:{b['HostPort']}"
+    return None
+
+
+def container_kubeconfig(container, server=None):
+    """The kubeconfig of a running cluster container (``dindind kubeconfig`` inside), for use from here."""
+    server = server or published_server(container)
+    if server is None:
+        raise DindindError(f"{container} publishes no port for the API server ({plan_mod.API_PORT})",
+                           hint="give the address it is reachable at: kubeconfig CONTAINER --server https://HOST:PORT")
+    code, text = containers.exec_in(container, ["dindind", "kubeconfig", "--server", server], check=False)
+    if code != 0:
+        raise DindindError(f"no kubeconfig from {container}: {text.strip().splitlines()[-1] if text.strip() else code}")
+    return text
+
+
+def stop(cfg, name=None, out=print):
+    """Stop a nested cluster's container: its nodes stop inside, within the stop grace period."""
+    name = cluster_name(cfg, name)
+    top = _top_of(name)
+    start = time.monotonic()
+    engine.call(f"stop container {top}", engine.client().stop, top, timeout=STOP_TIMEOUT)
+    out(f"stopped cluster {name} in {time.monotonic() - start:.1f}s (`doit cluster:start --name {name}` "
+        "brings it back)")
+
+
+def start(cfg, layout, name=None, timeout=300, out=print):
+    """Start a stopped nested cluster's container and wait until every node is Ready again."""
+    name = cluster_name(cfg, name)
+    top = _top_of(name)
+    t0 = time.monotonic()
+    containers.start_container(top)
+    path = kubeconfig_path(layout, name)
+    count = int((containers.inspect_container(top)["Config"]["Labels"] or {}).get(NODES_LABEL, "1"))
+    if path.exists():
+        waitready.wait(path.read_bytes(), [n for n, _ in plan_mod.node_names(name, count - 1)], timeout=timeout)
+        out(f"cluster {name} is Ready again in {time.monotonic() - t0:.1f}s; kubeconfig: {path}")
+    else:
+        out(f"started {top}; no kubeconfig at {path} to check readiness with")
 
 
 def clusters():
@@ -386,14 +460,12 @@ def e2e(cfg, layout, name=None, focus=None, skip=None, parallel=None, flake_atte
     if focus:
         args.append(f"--focus={focus}")
     if sh.top:
-        report = "/var/lib/dindind/e2e"
-        cmd = ["sh", "-c", f"rm -rf {report} && mkdir -p {report} && ginkgo " + " ".join(shlex.quote(a) for a in args)
-               + f" /usr/local/bin/e2e.test -- --kubeconfig={KUBECONFIG_IN} --provider=skeleton"
-               f" --report-dir={report}"]
-        code, text = containers.exec_in(sh.top, cmd, check=False)
+        # the image's own command, as `docker exec C dindind e2e ...` by hand
+        cmd = ["dindind", "e2e", f"--parallel={parallel}", f"--flake-attempts={attempts}", f"--skip={skip}"]
+        code, text = containers.exec_in(sh.top, cmd + ([f"--focus={focus}"] if focus else []), check=False)
         with fsutil.atomic_dir(dest) as tmp:
             fsutil.write_text(tmp / "e2e.log", text)
-            containers.get_dir(sh.top, report, tmp)
+            containers.get_dir(sh.top, inside.E2E, tmp)
     else:
         from dindind.build.sources import tree as sources
 

@@ -197,7 +197,8 @@ def _build_tasks(config_path, root):
         "file_dep": render.template_files(lay.templates / "cluster") + [lay.stamp("base"), lay.stamp("node")],
         "targets": render.outputs(lay.templates / "cluster", cluster_ctx),
         "uptodate": [config_changed({"compression": cfg.cluster["compression"],
-                                     "packages": images.cluster_packages(cfg)})],
+                                     "packages": images.cluster_packages(cfg),
+                                     "defaults": {k: cfg.cluster[k] for k in images.CLUSTER_DEFAULT_KEYS}})],
     }
     yield {
         "name": "cluster",

@@ -79,6 +79,22 @@ def do_down(config_path, root, name):
 
 
 @action
+def do_stop(config_path, root, name):
+    from dindind.cluster import host
+
+    cfg, _ = _ctx(config_path, root)
+    host.stop(cfg, name or None)
+
+
+@action
+def do_start(config_path, root, name):
+    from dindind.cluster import host
+
+    cfg, lay = _ctx(config_path, root)
+    host.start(cfg, lay, name or None)
+
+
+@action
 def do_status():
     from dindind.cluster import host
 
@@ -138,6 +154,10 @@ def cluster_tasks(config_path, root):
                        "help": "seconds to wait for Ready (0: return once the containers are up)"}]}
     yield {"basename": "cluster:down", "doc": "remove a cluster: its containers, volumes and network (--name N)",
            "actions": [(do_down, args)], "params": [NAME], **common}
+    yield {"basename": "cluster:stop", "doc": "stop a nested cluster's container; its nodes stop cleanly (--name N)",
+           "actions": [(do_stop, args)], "params": [NAME], **common}
+    yield {"basename": "cluster:start", "doc": "start a stopped nested cluster again and wait until it is Ready (--name N)",
+           "actions": [(do_start, args)], "params": [NAME], **common}
     yield {"basename": "cluster:status", "doc": "list every cluster: name, nodes, API address, age",
            "actions": [(do_status,)], **common}
     yield {"basename": "cluster:kubeconfig", "doc": "print the path of a cluster's kubeconfig (--name N)",

@@ -203,6 +203,21 @@ def test_stopped_top_level_container_restarts(built, nested):
     assert "restarting 3 existing node(s)" in containers.logs(top)
 
 
+def test_up_runs_the_image_with_arguments_and_a_restart_policy_and_stop_start_verbs(built, nested):
+    top = f"dindind-{NESTED}"
+    info = containers.inspect_container(top)
+    assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert info["Config"]["Cmd"] == ["--name", NESTED, "--workers", "2", "--wait", "180"]
+    assert not [e for e in info["Config"]["Env"] if e.startswith("DINDIND_CLUSTER=")]
+    built.doit("cluster:stop", "--name", NESTED)
+    assert containers.inspect_container(top)["State"]["Running"] is False
+    start = built.doit("cluster:start", "--name", NESTED, timeout=600)
+    assert f"cluster {NESTED} is Ready again" in start.stdout, start.stdout
+    assert all(api.node_readiness(kubeconfig(built, NESTED).read_bytes()).values())
+    missing = built.doit("cluster:stop", "--name", "t-none", check=False)
+    assert missing.returncode != 0 and "no cluster named 't-none'" in missing.stderr
+
+
 def test_down_leaves_nothing_behind(built, nested, dangling_before):
     built.doit("cluster:down", "--name", NESTED)
     assert_gone(NESTED)

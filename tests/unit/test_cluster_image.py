@@ -3,6 +3,7 @@
 import ast
 from pathlib import Path
 
+import pytest
 from conftest import copy_project
 
 from dindind.base.config import ROOT
@@ -10,6 +11,7 @@ from dindind.build import images
 from dindind.tasks import build as build_tasks
 
 ENTRY = "dindind/cluster/incluster.py"
+INSIDE = "dindind/cluster/inside.py"      # `dindind COMMAND` (docker exec) and the HEALTHCHECK
 
 
 def _module_file(root, module):
@@ -49,8 +51,9 @@ def import_closure(root, entry=ENTRY):
     return {p.relative_to(root).as_posix() for p in seen}, outside
 
 
-def test_the_cluster_image_carries_everything_the_entry_point_imports_and_nothing_of_build_or_release():
-    closure, outside = import_closure(ROOT)
+@pytest.mark.parametrize("entry", [ENTRY, INSIDE])
+def test_the_cluster_image_carries_everything_the_entry_point_imports_and_nothing_of_build_or_release(entry):
+    closure, outside = import_closure(ROOT, entry)
     shipped = {p.relative_to(ROOT).as_posix() for p in images.package_files(ROOT)}
     assert closure <= shipped, closure - shipped
     assert not [f for f in shipped if f.startswith(("dindind/build/", "dindind/release/", "dindind/tasks/"))]
