@@ -13,7 +13,8 @@ Steps (each an up-to-date check away from a no-op):
 2. ``go build`` of agnhost and nonewprivs from the Kubernetes tree's own
    Go build (the same work module, env and Go as kubelet).
 3. One ``docker build`` per image on the base image (Debian packages for
-   the tools), saved as ``artifacts/kubernetes/e2e-images/<name>.tar``.
+   the tools), all saved in one docker-archive
+   ``artifacts/kubernetes/e2e-images/e2e-images.tar`` (shared layers once).
 4. :func:`conformance_needs`: which ``[Conformance]`` test needs which image,
    read from the test sources (the test body and the file's own helpers it
    calls), so ``cluster:e2e --conformance`` skips by a generated list.
@@ -36,6 +37,7 @@ from dindind.base import fsutil
 from dindind.base.errors import DindindError
 
 RECIPE = 1
+ARCHIVE = "e2e-images.tar"            # every built image in one docker-archive
 E2E_REGISTRY = "registry.k8s.io/e2e-test-images/"
 UNPULLABLE = "invalid.registry.k8s.io/"
 
@@ -267,32 +269,47 @@ def _run(argv, what, log):
     return gobuild.run_go(argv, cwd=Path(log).parent, env=None, log=log, what=what)
 
 
-def _build_image(entry, dockerfile, files, base, epoch, dest, log, extra_inputs):
-    """docker build + save of one image into ``dest/<name>.tar``, skipped when its inputs are unchanged."""
+def _build_image(entry, dockerfile, files, base, epoch, dest, log):
+    """docker build of one image (skipped when its inputs are unchanged and the image is still there); its id."""
+    from dindind.docker import engine
     from dindind.docker import images as engine_images
 
-    tar, stamp = dest / f"{entry['name']}.tar", dest / f"{entry['name']}.json"
+    stamp = dest / f"{entry['name']}.json"
     extra = (f'LABEL io.dindind.e2e.alias-of="{entry["alias_of"]}"\n' if entry.get("alias_of") else "")
     text = dockerfile.format(base=base["id"], extra=extra)
-    inputs = {"ref": entry["ref"], "dockerfile": text, "recipe": RECIPE, "epoch": epoch,
-              "files": {k: fsutil.sha256_file(src) for k, (src, _) in sorted(files.items())}, **extra_inputs}
+    inputs = {"ref": entry["ref"], "dockerfile": text, "recipe": RECIPE, "epoch": epoch, "base": base["id"],
+              "files": {k: fsutil.sha256_file(src) for k, (src, _) in sorted(files.items())}}
     try:
-        same = tar.is_file() and json.loads(stamp.read_text()) == inputs
+        old = json.loads(stamp.read_text())
     except (OSError, ValueError):
-        same = False
-    if same:
-        return tar
+        old = {}
+    if old.get("inputs") == inputs and old.get("id") and engine.image_id(entry["ref"]) == old["id"]:
+        return old["id"]
     ctx = fsutil.DeterministicTar(epoch)
     ctx.add_bytes("Dockerfile", text)
     for path, (src, mode) in sorted(files.items()):
         ctx.add_file(f"files/{path.lstrip('/')}", src, mode)
     ctx_tar = ctx.write_to(dest / f"{entry['name']}-context.tar")
     try:
-        engine_images.build(ctx_tar, [entry["ref"]], log_path=log, echo=lambda line: None)
-        engine_images.save_refs([entry["ref"]], tar)
+        image = engine_images.build(ctx_tar, [entry["ref"]], log_path=log, echo=lambda line: None)
     finally:
         ctx_tar.unlink(missing_ok=True)
-    fsutil.write_json(stamp, inputs)
+    fsutil.write_json(stamp, {"inputs": inputs, "id": image})
+    return image
+
+
+def _save_all(ids, dest):
+    """One docker-archive of every built image (layers shared: the base once), rewritten when an id changed."""
+    from dindind.docker import images as engine_images
+
+    tar, stamp = dest / ARCHIVE, dest / "e2e-images.ids.json"
+    try:
+        same = tar.is_file() and json.loads(stamp.read_text()) == ids
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        engine_images.save_refs(sorted(ids), tar)
+        fsutil.write_json(stamp, ids)
     return tar
 
 
@@ -315,6 +332,9 @@ def build(cfg, layout, echo=print):
     dest.mkdir(parents=True, exist_ok=True)
     log = dest / "build.log"
     log.unlink(missing_ok=True)
+    for stale in dest.glob("*.tar"):                     # archives of an earlier layout or run
+        if stale.name != ARCHIVE:
+            stale.unlink()
     refs = parse_image_list(_run([e2e_test, "--list-images"], "e2e.test --list-images", log))
     tests = parse_conformance_list(_run([e2e_test, "--list-conformance-tests"], "e2e.test --list-conformance-tests",
                                         log))
@@ -343,14 +363,16 @@ def build(cfg, layout, echo=print):
         elif recipe == "nonewprivs":
             files = {"/usr/local/bin/nnp": (plan.bin / "e2e-nonewprivs", 0o755)}
         echo(f"  e2e image {entry['ref']}")
-        tar = _build_image(entry, DOCKERFILES[recipe], files, gobuild.base_image(layout), plan.epoch, dest,
-                           dest / "build.log", {"base": gobuild.base_image(layout)["id"]})
-        entry["sha256"] = fsutil.sha256_file(tar)        # the node image rebuilds when an image changes
+        entry["id"] = _build_image(entry, DOCKERFILES[recipe], files, gobuild.base_image(layout), plan.epoch, dest,
+                                   log)
+    ids = {i["ref"]: i["id"] for i in images if i["status"] == "built"}
+    tar = _save_all(ids, dest)
     conf_files = sorted({t["file"] for t in tests})
     sources = {f: (kdir / f).read_text() for f in conf_files if (kdir / f).is_file()}
     consts = image_constants((kdir / "test/utils/image/manifest.go").read_text(), refs)
     doc = summary(images, tests, conformance_needs(tests, sources, consts))
     doc["version"] = plan.version
+    doc["archive"] = {"name": ARCHIVE, "sha256": fsutil.sha256_file(tar)}   # the node image follows it
     fsutil.write_if_changed(layout.e2e_images_json(), json.dumps(doc, indent=2, sort_keys=True) + "\n")
     c = doc["counts"]
     echo(f"  e2e images: {c['built']} built, {c['preloaded']} preloaded, {c['missing']} missing "
@@ -360,9 +382,9 @@ def build(cfg, layout, echo=print):
 
 
 def tarballs(layout):
-    """{image name: tarball} of the built e2e images, from e2e-images.json (for the node image)."""
+    """{name: docker-archive} the node image preloads: the one archive of every built e2e image (or none)."""
     doc = fsutil.read_json(layout.e2e_images_json(), "e2e image list", hint="run `doit build:e2e-images` first")
-    return {i["name"]: layout.e2e_images / f"{i['name']}.tar" for i in doc["images"] if i["status"] == "built"}
+    return {"e2e-images": layout.e2e_images / ARCHIVE} if any(i["status"] == "built" for i in doc["images"]) else {}
 
 
 def enabled(cfg):

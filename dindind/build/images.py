@@ -232,7 +232,7 @@ def build_node(cfg, layout, deb_names, echo=print):
         from dindind.build import e2eimages
 
         for name, tar in sorted(e2eimages.tarballs(layout).items()):
-            ctx.add_file(f"images/var/lib/dindind/images/e2e-{name}.tar", tar)
+            ctx.add_file(f"images/var/lib/dindind/images/{name}.tar", tar)
             parts[f"e2e-image.{name}"] = tar
     inputs = _digests(parts)
     inputs["context"] = "sha256:" + fsutil.digest_json(

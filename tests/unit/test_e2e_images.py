@@ -128,10 +128,12 @@ def test_the_node_image_depends_on_the_e2e_images_only_when_they_are_on(tmp_path
     assert lay.e2e_images_json() not in tasks["node"]["file_dep"]
 
 
-def test_tarballs_lists_only_built_images(tmp_path):
+def test_the_node_preloads_one_archive_of_the_built_images_or_none(tmp_path):
     lay = Layout(Path(tmp_path))
     lay.e2e_images.mkdir(parents=True)
     lay.e2e_images_json().write_text(
         '{"images": [{"ref": "a", "status": "built", "name": "agnhost-2.66.1"},'
         ' {"ref": "b", "status": "missing", "reason": "r"}]}')
-    assert e2eimages.tarballs(lay) == {"agnhost-2.66.1": lay.e2e_images / "agnhost-2.66.1.tar"}
+    assert e2eimages.tarballs(lay) == {"e2e-images": lay.e2e_images / "e2e-images.tar"}
+    lay.e2e_images_json().write_text('{"images": [{"ref": "b", "status": "missing", "reason": "r"}]}')
+    assert e2eimages.tarballs(lay) == {}
