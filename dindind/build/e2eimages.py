@@ -65,7 +65,8 @@ AGNHOST_PACKAGES = ("bind9-dnsutils", "curl", "netcat-openbsd", "iproute2", "ipe
                     "ca-certificates", "passwd")
 
 _APT = ("RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
-        "{packages} && rm -rf /var/lib/apt/lists/* /var/log/apt/* /var/log/dpkg.log\n")
+        "{packages} && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* "
+        "/var/log/dpkg.log\n")
 
 DOCKERFILES = {
     # upstream: alpine + bind-tools curl netcat iproute2 iperf bash socat, /agnhost, coredns, porter's cert
@@ -75,9 +76,8 @@ DOCKERFILES = {
         " && usermod -a -G group-defined-in-image user-defined-in-image\n"
         "COPY files/ /\nRUN ln -s agnhost /agnhost-2\n{extra}"
         'EXPOSE 80 8080 8081 9376 5000\nENTRYPOINT ["/agnhost"]\nCMD ["pause"]\n'),
-    "webserver": "FROM {base}\n" + _APT.format(packages=" ".join(AGNHOST_PACKAGES)) + (
-        "RUN mkdir /uploads\nCOPY files/ /\n{extra}"
-        'EXPOSE 80\nENTRYPOINT ["/agnhost"]\nCMD ["test-webserver"]\n'),
+    # upstream: agnhost + the html folder, serving it (kitten, nautilus); on our agnhost, layers shared
+    "webserver": 'FROM {agnhost}\nCOPY files/ /\n{extra}CMD ["test-webserver"]\n',
     # busybox-static with every applet linked, nothing else: sh, wget, nslookup, sleep on PATH
     "busybox": "FROM {base} AS get\n" + _APT.format(packages="busybox-static") + (
         "RUN mkdir -p /out/bin /out/etc /out/tmp /out/root /out/home && chmod 1777 /out/tmp"
@@ -269,14 +269,17 @@ def _run(argv, what, log):
     return gobuild.run_go(argv, cwd=Path(log).parent, env=None, log=log, what=what)
 
 
-def _build_image(entry, dockerfile, files, base, epoch, dest, log):
+def _build_image(entry, dockerfile, files, base, epoch, dest, log, agnhost=None):
     """docker build of one image (skipped when its inputs are unchanged and the image is still there); its id."""
     from dindind.docker import engine
     from dindind.docker import images as engine_images
 
     stamp = dest / f"{entry['name']}.json"
+    if "{agnhost}" in dockerfile and not agnhost:
+        raise E2EImageError(f"{entry['ref']} is built on agnhost, and e2e.test lists no agnhost of this "
+                            "Kubernetes' version", hint="set node.e2e_images: false, and report this")
     extra = (f'LABEL io.dindind.e2e.alias-of="{entry["alias_of"]}"\n' if entry.get("alias_of") else "")
-    text = dockerfile.format(base=base["id"], extra=extra)
+    text = dockerfile.format(base=base["id"], extra=extra, agnhost=agnhost)
     inputs = {"ref": entry["ref"], "dockerfile": text, "recipe": RECIPE, "epoch": epoch, "base": base["id"],
               "files": {k: fsutil.sha256_file(src) for k, (src, _) in sorted(files.items())}}
     try:
@@ -347,6 +350,8 @@ def build(cfg, layout, echo=print):
     agnhost = {"/agnhost": (plan.bin / "e2e-agnhost", 0o755), "/coredns": (plan.bin / "coredns", 0o755),
                "/localhost.crt": (kdir / "test/images/agnhost/porter/localhost.crt", 0o644),
                "/localhost.key": (kdir / "test/images/agnhost/porter/localhost.key", 0o644)}
+    built = {}
+    # sorted refs: agnhost comes before kitten and nautilus, which are built on it
     for entry in images:
         if entry["status"] != "built":
             continue
@@ -356,15 +361,15 @@ def build(cfg, layout, echo=print):
             files = agnhost
         elif recipe == "webserver":
             html = kdir / "test/images" / name / "html"
-            files = {"/agnhost": agnhost["/agnhost"],
-                     **{f"/{p.name}": (p, 0o644) for p in sorted(html.iterdir()) if p.is_file()}}
+            files = {f"/{p.name}": (p, 0o644) for p in sorted(html.iterdir()) if p.is_file()}
         elif recipe == "glibc-dns-testing":
             files = {"/coredns": agnhost["/coredns"]}
         elif recipe == "nonewprivs":
             files = {"/usr/local/bin/nnp": (plan.bin / "e2e-nonewprivs", 0o755)}
         echo(f"  e2e image {entry['ref']}")
         entry["id"] = _build_image(entry, DOCKERFILES[recipe], files, gobuild.base_image(layout), plan.epoch, dest,
-                                   log)
+                                   log, agnhost=built.get(f"{E2E_REGISTRY}agnhost:{versions['agnhost']}"))
+        built[entry["ref"]] = entry["id"]
     ids = {i["ref"]: i["id"] for i in images if i["status"] == "built"}
     tar = _save_all(ids, dest)
     conf_files = sorted({t["file"] for t in tests})
