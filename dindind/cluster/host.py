@@ -455,8 +455,15 @@ def _run_e2e(cfg, layout, name, sh, args, dest):
     """ginkgo + e2e.test where the cluster's engine is; (exit code, output), reports copied into ``dest``."""
     if sh.top:
         report = "/var/lib/dindind/e2e"
-        cmd = ["sh", "-c", f"rm -rf {report} && mkdir -p {report} && ginkgo " + " ".join(shlex.quote(a) for a in args)
-               + f" /usr/local/bin/e2e.test -- --kubeconfig={KUBECONFIG_IN} --provider=skeleton"
+        # the top-level container cannot resolve the node names of its inner network: the API by address
+        control_plane = plan_mod.node_names(name, 0)[0][0]
+        kubeconfig = KUBECONFIG_IN + "-e2e"
+        point = (f"ip=$(docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' "
+                 f"{control_plane}) && sed \"s#server: https://.*#server: https://$ip:{plan_mod.API_PORT}#\" "
+                 f"{KUBECONFIG_IN} > {kubeconfig}")
+        cmd = ["sh", "-c", f"rm -rf {report} && mkdir -p {report} && {point} && ginkgo "
+               + " ".join(shlex.quote(a) for a in args)
+               + f" /usr/local/bin/e2e.test -- --kubeconfig={kubeconfig} --provider=skeleton"
                f" --report-dir={report}"]
         code, text = containers.exec_in(sh.top, cmd, check=False)
         with fsutil.atomic_dir(dest) as tmp:

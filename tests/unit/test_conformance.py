@@ -123,3 +123,25 @@ def test_a_failed_run_exports_the_cluster_logs_and_points_at_them(fake_run):
     assert state["logs"] == 1
     assert str(lay.cluster("t10-a") / "logs") in err.value.hint
     assert (lay.cluster("t10-a") / "e2e" / "summary.json").is_file()
+
+
+def test_nested_e2e_reaches_the_api_by_the_control_planes_address(tmp_path, monkeypatch):
+    # the top-level container cannot resolve the inner network's node names
+    ran = []
+
+    def exec_in(container, cmd, check=True):
+        ran.append((container, cmd))
+        return 0, "ok"
+
+    monkeypatch.setattr(host.containers, "exec_in", exec_in)
+    monkeypatch.setattr(host.containers, "get_dir", lambda container, src, dest: None)
+    sh = FakeShell("t10-a")
+    cfg = config.parse("", "x.yaml")
+    code, _ = host._run_e2e(cfg, Layout(Path(tmp_path)), "t10-a", sh, ["--nodes=1"], tmp_path / "e2e")
+    assert code == 0
+    (container, cmd), = ran
+    script = cmd[-1]
+    assert container == "dindind-t10-a"
+    assert "docker inspect" in script and "t10-a-control-plane" in script
+    assert f"--kubeconfig={host.KUBECONFIG_IN}-e2e" in script
+    assert script.index("kubeconfig-e2e") < script.index("ginkgo")
