@@ -78,11 +78,14 @@ DOCKERFILES = {
         'EXPOSE 80 8080 8081 9376 5000\nENTRYPOINT ["/agnhost"]\nCMD ["pause"]\n'),
     # upstream: agnhost + the html folder, serving it (kitten, nautilus); on our agnhost, layers shared
     "webserver": 'FROM {agnhost}\nCOPY files/ /\n{extra}CMD ["test-webserver"]\n',
-    # busybox-static with every applet linked, nothing else: sh, wget, nslookup, sleep on PATH
-    "busybox": "FROM {base} AS get\n" + _APT.format(packages="busybox-static") + (
+    # busybox-static with every applet linked (wget, nslookup, sleep, ...), nothing else but sh: Debian's
+    # ash drops environment variables whose names are no shell identifiers ("data-1", which the ConfigMap
+    # and Secret env tests print with `sh -c env`); upstream's keeps them, and so does bash-static
+    "busybox": "FROM {base} AS get\n" + _APT.format(packages="busybox-static bash-static") + (
         "RUN mkdir -p /out/bin /out/etc /out/tmp /out/root /out/home && chmod 1777 /out/tmp"
-        " && cp \"$(command -v busybox)\" /out/bin/busybox"
-        " && for a in $(/out/bin/busybox --list); do [ \"$a\" = busybox ] || ln -s busybox \"/out/bin/$a\"; done"
+        " && cp \"$(command -v busybox)\" /out/bin/busybox && cp \"$(command -v bash-static)\" /out/bin/bash"
+        " && for a in $(/out/bin/busybox --list); do case \"$a\" in busybox|sh|bash) ;; "
+        "*) ln -s busybox \"/out/bin/$a\";; esac; done && ln -s bash /out/bin/sh"
         " && printf 'root:x:0:0:root:/root:/bin/sh\\nnobody:x:65534:65534:nobody:/home:/bin/false\\n'"
         " > /out/etc/passwd && printf 'root:x:0:\\nnobody:x:65534:\\n' > /out/etc/group\n"
         "FROM scratch\nCOPY --from=get /out/ /\n{extra}"

@@ -187,7 +187,9 @@ def _build_tasks(config_path, root):
             "actions": [(do_e2e_images, args)],
             "file_dep": [tree_json, lay.stamp("base")] + [str(p) for p in sources.test_binaries(cfg, lay).values()],
             "targets": e2e,
-            "uptodate": [config_changed({"recipe": e2eimages.RECIPE, "epoch": cfg.source_date_epoch})],
+            # the recipes' text too: an edited Dockerfile rebuilds without a RECIPE bump
+            "uptodate": [config_changed({"recipe": e2eimages.RECIPE, "dockerfiles": e2eimages.DOCKERFILES,
+                                         "epoch": cfg.source_date_epoch})],
         }
     image_tars = sources.image_tarballs(cfg, lay)
     yield {

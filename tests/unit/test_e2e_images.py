@@ -137,3 +137,10 @@ def test_the_node_preloads_one_archive_of_the_built_images_or_none(tmp_path):
     assert e2eimages.tarballs(lay) == {"e2e-images": lay.e2e_images / "e2e-images.tar"}
     lay.e2e_images_json().write_text('{"images": [{"ref": "b", "status": "missing", "reason": "r"}]}')
     assert e2eimages.tarballs(lay) == {}
+
+
+def test_an_edited_image_recipe_makes_the_e2e_images_task_run_again(tmp_path, monkeypatch):
+    text = "kubernetes: {source: module, version: v1.37.2}\n"
+    before = _task_names(tmp_path, text)["e2e-images"]["uptodate"][0]._calc_digest()
+    monkeypatch.setitem(e2eimages.DOCKERFILES, "busybox", e2eimages.DOCKERFILES["busybox"] + "# edited\n")
+    assert _task_names(tmp_path, text)["e2e-images"]["uptodate"][0]._calc_digest() != before
