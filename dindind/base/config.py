@@ -205,6 +205,9 @@ SPEC = {
         "preload": Field("boolean", True,
                          doc="import the component images into containerd at image build time "
                              "(false: import them at every boot)"),
+        "e2e_images": Field("boolean", None, nullable=True,
+                            doc="preload the e2e test images dindind builds (agnhost, busybox, nginx, ...) into "
+                                "every node; null: on for the module and checkout sources, off otherwise"),
         "packages": Field("array", [], items=Field("string", pattern=PKG_RE, fmt="a Debian package name"),
                           doc="extra Debian packages for the node image"),
         "runtime_suite": Field("string", "forky", nullable=True, pattern=SUITE_RE, fmt="a Debian suite name",
@@ -246,6 +249,9 @@ SPEC = {
                       doc="seconds cluster:up waits for every node to be Ready (0: return once containers are up)"),
         "e2e_parallel": Field("integer", 1, minimum=1, maximum=32, doc="parallel ginkgo nodes for cluster:e2e"),
         "e2e_flake_attempts": Field("integer", 1, minimum=1, maximum=5),
+        "e2e_pulls": Field("boolean", False,
+                           doc="let e2e's pods pull from registries during cluster:e2e (false: every pull fails "
+                               "at once, naming the image, instead of timing out on a machine without registries)"),
         "e2e_skip": Field("string", None, nullable=True, check=check_regex,
                           doc="regex of e2e tests to skip (default: dindind's list of unsupported tests)"),
     },
@@ -292,6 +298,12 @@ def parse_int(value, what, minimum, maximum, hint=None):
         raise DindindError(f"{what}: {_show(value)} is out of range: use a whole number from {minimum} to {maximum}",
                            hint=hint)
     return number
+
+
+def e2e_images(cfg):
+    """``node.e2e_images`` with its default resolved: on for Kubernetes built from Go (module, checkout)."""
+    value = cfg.node["e2e_images"]
+    return cfg.kubernetes["source"] in ("module", "checkout") if value is None else bool(value)
 
 
 def check_name(value, what="cluster name"):

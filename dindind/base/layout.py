@@ -82,6 +82,14 @@ class Layout:
         return self.kubernetes / f"release-{server_sha256[:16]}"
 
     @property
+    def e2e_images(self):
+        """artifacts/kubernetes/e2e-images: the e2e test images (docker-archives) and e2e-images.json."""
+        return self.kubernetes / "e2e-images"
+
+    def e2e_images_json(self):
+        return self.e2e_images / "e2e-images.json"
+
+    @property
     def cni(self):
         return self.artifacts / "cni"
 

@@ -228,6 +228,12 @@ def build_node(cfg, layout, deb_names, echo=print):
     for img in tree["images"]:
         ctx.add_file(f"images/var/lib/dindind/images/{img['name']}.tar", img["tarball"])
         parts[f"image.{img['name']}"] = Path(img["tarball"])
+    if config.e2e_images(cfg):
+        from dindind.build import e2eimages
+
+        for name, tar in sorted(e2eimages.tarballs(layout).items()):
+            ctx.add_file(f"images/var/lib/dindind/images/{name}.tar", tar)
+            parts[f"e2e-image.{name}"] = tar
     inputs = _digests(parts)
     inputs["context"] = "sha256:" + fsutil.digest_json(
         {str(p.relative_to(layout.context)): fsutil.sha256_file(p)

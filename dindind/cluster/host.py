@@ -27,6 +27,7 @@ from dindind.base import config, fsutil, proc
 from dindind.docker import containers, engine, images
 from dindind.base.errors import CommandError, DindindError, InputError
 from dindind.cluster import api, create, inside, plan as plan_mod
+from dindind.cluster import conformance as conformance_mod
 from dindind.cluster.actions import waitready
 from dindind.cluster.status import Status
 
@@ -37,6 +38,11 @@ KUBECONFIG_IN = inside.KUBECONFIG
 DEFAULT_E2E_SKIP = inside.DEFAULT_E2E_SKIP
 TOP_TMPFS = {"/run": "rw", "/run/lock": "rw", "/tmp": "rw"}
 STOP_TIMEOUT = 60      # seconds `docker stop` waits: the nodes stop in parallel within it
+# cluster:e2e without pulls: containerd's fallback for every registry is a local port nothing listens on,
+# so a pull is refused at once and the kubelet's event names the image (read at every pull: no restart)
+NO_PULLS_DIR = "/etc/containerd/certs.d/_default"
+NO_PULLS_HOSTS = ('# written by dindind cluster:e2e (cluster.e2e_pulls: false): no image leaves this machine\n'
+                  'server = "http://127.0.0.1:9"\n\n[host."http://127.0.0.1:9"]\n  capabilities = ["pull", "resolve"]\n')
 
 
 def top_name(name):
@@ -447,22 +453,90 @@ def load(cfg, layout, image, name=None, out=print):
     out(f"loaded {image} into {len(sh.nodes)} node(s) of {name}")
 
 
-def e2e(cfg, layout, name=None, focus=None, skip=None, parallel=None, flake_attempts=None, out=print):
-    """Run e2e.test under ginkgo against the cluster; JUnit XML into artifacts/clusters/<name>/e2e/."""
+def _images_doc(layout):
+    """The build's e2e-images.json (None when the node carries no e2e images)."""
+    path = layout.e2e_images_json()
+    return fsutil.read_json(path, "e2e image list") if path.is_file() else None
+
+
+def e2e(cfg, layout, name=None, focus=None, skip=None, parallel=None, flake_attempts=None, conformance=False,
+        out=print):
+    """Run e2e.test under ginkgo against the cluster; JUnit XML into artifacts/clusters/<name>/e2e/.
+
+    ``conformance``: the [Conformance] tests, minus those that need an image
+    the build could not make (the generated skip list of e2e-images.json),
+    and a summary (summary.json). A failed run exports the cluster's logs.
+    """
     name = cluster_name(cfg, name)
     c = cfg.cluster
-    skip = skip or c["e2e_skip"] or DEFAULT_E2E_SKIP
     parallel = parallel or c["e2e_parallel"]
     attempts = flake_attempts or c["e2e_flake_attempts"]
+    image_skips = {}
+    if conformance:
+        doc = _images_doc(layout)
+        if doc is None:
+            out("WARNING: no e2e-images.json (node.e2e_images is off): tests that need an image the nodes "
+                "lack will fail on the pull")
+        image_skips = conformance_mod.image_skips(doc)
+        skip = conformance_mod.skip_regex(image_skips, skip or c["e2e_skip"])
+    else:
+        skip = skip or c["e2e_skip"] or DEFAULT_E2E_SKIP
     sh = Shell(name)
     dest = cluster_dir(layout, name) / "e2e"
-    args = [f"--nodes={parallel}", f"--flake-attempts={attempts}", f"--skip={skip}"]
+    args = [f"--nodes={parallel}", f"--flake-attempts={attempts}"] + ([f"--skip={skip}"] if skip else [])
+    if conformance:
+        args.append(f"--label-filter={conformance_mod.LABEL}")       # --focus narrows it further
     if focus:
         args.append(f"--focus={focus}")
+    start = time.monotonic()
+    if not c["e2e_pulls"]:
+        _no_pulls(sh, True)
+    try:
+        code, text = _run_e2e(cfg, layout, name, sh, args, dest)
+    finally:
+        if not c["e2e_pulls"]:
+            _no_pulls(sh, False)
+    seconds = time.monotonic() - start
+    junit = sorted(dest.rglob("junit*.xml"))
+    out(text.rstrip()[-3000:])
+    out(f"e2e results: {', '.join(str(j) for j in junit) or 'no JUnit XML'} (exit {code})")
+    summary = None
+    if conformance and junit:
+        summary = conformance_mod.summarize(conformance_mod.read_junit(junit), image_skips)
+        conformance_mod.write_summary(dest, summary, seconds, _images_doc(layout))
+        out(conformance_mod.summary_text(summary, seconds))
+        for t in summary["failed_tests"]:
+            out(f"  FAILED {t}")
+    if code != 0:
+        hint = f"see {dest}"
+        try:
+            hint += f"; the cluster's logs: {logs(cfg, layout, name, out=lambda line: None)}"
+        except DindindError as exc:
+            hint += f" (exporting the cluster's logs failed too: {exc.message})"
+        raise DindindError(f"e2e tests failed (exit {code})", hint=hint)
+    return dest
+
+
+def _no_pulls(sh, on):
+    """Point (or stop pointing) every node's containerd registry fallback at a port nothing listens on."""
+    script = (f"mkdir -p {NO_PULLS_DIR} && printf %s {shlex.quote(NO_PULLS_HOSTS)} > {NO_PULLS_DIR}/hosts.toml"
+              if on else f"rm -rf {NO_PULLS_DIR}")
+    for node in sh.nodes:
+        sh.run(node, ["sh", "-c", script])
+
+
+def _inside_e2e_arg(arg):
+    """A ginkgo argument of cluster:e2e as `dindind e2e` takes it."""
+    opt, _, value = arg.partition("=")
+    return f"{ {'--nodes': '--parallel'}.get(opt, opt)}={value}"
+
+
+def _run_e2e(cfg, layout, name, sh, args, dest):
+    """ginkgo + e2e.test where the cluster's engine is; (exit code, output), reports copied into ``dest``."""
     if sh.top:
-        # the image's own command, as `docker exec C dindind e2e ...` by hand
-        cmd = ["dindind", "e2e", f"--parallel={parallel}", f"--flake-attempts={attempts}", f"--skip={skip}"]
-        code, text = containers.exec_in(sh.top, cmd + ([f"--focus={focus}"] if focus else []), check=False)
+        # the image's own command, as `docker exec C dindind e2e ...` by hand (ginkgo's --nodes is its --parallel)
+        cmd = ["dindind", "e2e"] + [_inside_e2e_arg(a) for a in args]
+        code, text = containers.exec_in(sh.top, cmd, check=False)
         with fsutil.atomic_dir(dest) as tmp:
             fsutil.write_text(tmp / "e2e.log", text)
             containers.get_dir(sh.top, inside.E2E, tmp)
@@ -475,9 +549,4 @@ def e2e(cfg, layout, name=None, focus=None, skip=None, parallel=None, flake_atte
                                       f"--kubeconfig={kubeconfig_path(layout, name)}", "--provider=skeleton",
                                       f"--report-dir={tmp}"])
             fsutil.write_text(tmp / "e2e.log", text)
-    junit = sorted(dest.rglob("junit*.xml"))
-    out(text.rstrip()[-3000:])
-    out(f"e2e results: {', '.join(str(j) for j in junit) or 'no JUnit XML'} (exit {code})")
-    if code != 0:
-        raise DindindError(f"e2e tests failed (exit {code})", hint=f"see {dest}")
-    return dest
+    return code, text

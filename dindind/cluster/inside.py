@@ -4,7 +4,7 @@
     dindind status                      the phase and every node's readiness
     dindind health                      exit 0 when every node is Ready (the image's HEALTHCHECK)
     dindind logs                        collect dockerd's log and every node's journals into LOGS
-    dindind e2e [--focus RE] [--skip RE] [--parallel N] [--flake-attempts N]
+    dindind e2e [--focus RE] [--skip RE] [--parallel N] [--flake-attempts N] [--label-filter EXPR]
                                         e2e.test under ginkgo; JUnit XML into E2E (docker cp C:/var/lib/dindind/e2e .)
 
 Every command but ``logs`` refuses, exiting 1, until the cluster is ready.
@@ -16,6 +16,7 @@ the host finds the published address itself).
 
 import http.client
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -163,7 +164,7 @@ def logs(args, state=STATE, out=sys.stdout):
 
 def e2e_command(args, kubeconfig_path=KUBECONFIG, report=E2E):
     """The ginkgo command line for ``dindind e2e ARGS`` (checked by the config's rules)."""
-    opts = {"--focus": None, "--skip": None, "--parallel": None, "--flake-attempts": None}
+    opts = {"--focus": None, "--skip": None, "--parallel": None, "--flake-attempts": None, "--label-filter": None}
     rest = list(args)
     while rest:
         arg = rest.pop(0)
@@ -178,6 +179,9 @@ def e2e_command(args, kubeconfig_path=KUBECONFIG, report=E2E):
             problem = config.check_regex(value)
             if problem:
                 raise _usage(f"{opt} {json.dumps(value)} {problem}")
+        elif opt == "--label-filter":
+            if not re.fullmatch(r"[A-Za-z0-9_.:/ &|!(),-]{1,200}", value):
+                raise _usage(f"--label-filter {json.dumps(value)} is not a ginkgo label filter (e.g. Conformance)")
         else:
             key = {"--parallel": "cluster.e2e_parallel", "--flake-attempts": "cluster.e2e_flake_attempts"}[opt]
             value = config.parse_int(value, opt, *config.int_range(key))
@@ -186,6 +190,8 @@ def e2e_command(args, kubeconfig_path=KUBECONFIG, report=E2E):
            f"--skip={opts['--skip'] or DEFAULT_E2E_SKIP}"]
     if opts["--focus"]:
         cmd.append(f"--focus={opts['--focus']}")
+    if opts["--label-filter"]:
+        cmd.append(f"--label-filter={opts['--label-filter']}")
     return cmd + ["/usr/local/bin/e2e.test", "--", f"--kubeconfig={kubeconfig_path}", "--provider=skeleton",
                   f"--report-dir={report}"]
 

@@ -26,6 +26,14 @@ def do_kubernetes(config_path, root):
 
 
 @action
+def do_e2e_images(config_path, root):
+    from dindind.build import e2eimages
+
+    cfg, lay = load_inputs(config_path, root)
+    e2eimages.build(cfg, lay)
+
+
+@action
 def do_cni(config_path, root):
     from dindind.build import cni
 
@@ -168,16 +176,32 @@ def _build_tasks(config_path, root):
                                      "packages": list(images.NODE_PACKAGES)}),
                      (optional_input, [str(cri_tools_deb)], {})],
     }
+    e2e = []
+    if config_mod.e2e_images(cfg):
+        from dindind.build import e2eimages
+
+        e2e = [lay.e2e_images_json()]
+        yield {
+            "name": "e2e-images",
+            "doc": "the e2e test images (agnhost, busybox, nginx, ...) as docker-archives, and e2e-images.json",
+            "actions": [(do_e2e_images, args)],
+            "file_dep": [tree_json, lay.stamp("base")] + [str(p) for p in sources.test_binaries(cfg, lay).values()],
+            "targets": e2e,
+            # the recipes' text too: an edited Dockerfile rebuilds without a RECIPE bump
+            "uptodate": [config_changed({"recipe": e2eimages.RECIPE, "dockerfiles": e2eimages.DOCKERFILES,
+                                         "epoch": cfg.source_date_epoch})],
+        }
     image_tars = sources.image_tarballs(cfg, lay)
     yield {
         "name": "node",
         "doc": "the node image: systemd, containerd, the debs, preloaded component images",
         "actions": [(do_image, args + ("node",))],
         "file_dep": render.outputs(lay.templates / "node", node_ctx) + deb_files + image_tars
-                    + [lay.stamp("base"), tree_json],
+                    + [lay.stamp("base"), tree_json] + e2e,
         "task_dep": [f"build:deb-{debs.OPTIONAL}"],
         "targets": [lay.stamp("node")],
-        "uptodate": [config_changed({"refs": images.image_refs(cfg, "x"), "epoch": cfg.source_date_epoch}),
+        "uptodate": [config_changed({"refs": images.image_refs(cfg, "x"), "epoch": cfg.source_date_epoch,
+                                     "e2e_images": config_mod.e2e_images(cfg)}),
                      (optional_input, [str(cri_tools_deb)], {}), _stamp_check(lay.stamp("node"))],
     }
     archive = lay.images / images.node_archive_name(cfg)

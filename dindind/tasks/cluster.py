@@ -131,11 +131,11 @@ def do_load(config_path, root, name, image):
 
 
 @action
-def do_e2e(config_path, root, name, focus, skip, parallel, flake_attempts):
+def do_e2e(config_path, root, name, focus, skip, parallel, flake_attempts, conformance):
     from dindind.cluster import host
 
     cfg, lay = _ctx(config_path, root)
-    host.e2e(cfg, lay, name or None, focus or None, skip or None, parallel, flake_attempts)
+    host.e2e(cfg, lay, name or None, focus or None, skip or None, parallel, flake_attempts, conformance)
 
 
 def cluster_tasks(config_path, root):
@@ -170,9 +170,12 @@ def cluster_tasks(config_path, root):
            "params": [NAME, {"name": "image", "long": "image", "type": _param(_image), "default": "",
                              "help": "the image to load"}]}
     yield {"basename": "cluster:e2e",
-           "doc": "run e2e.test under ginkgo in the cluster; JUnit XML into artifacts/clusters/<name>/e2e",
+           "doc": "run e2e.test under ginkgo in the cluster (--conformance: the [Conformance] tests the preloaded "
+                  "images allow); JUnit XML and a summary into artifacts/clusters/<name>/e2e",
            "actions": [(do_e2e, args)], **common,
            "params": [NAME,
+                      {"name": "conformance", "long": "conformance", "type": bool, "default": False,
+                       "help": "the [Conformance] tests, minus those needing an image the build could not make"},
                       {"name": "focus", "long": "focus", "type": _pattern_option("--focus"), "default": "", "help": "ginkgo focus regex"},
                       {"name": "skip", "long": "skip", "type": _pattern_option("--skip"), "default": "",
                        "help": "ginkgo skip regex (default: cluster.e2e_skip or dindind's list)"},

@@ -6,7 +6,9 @@ node Ready at the built version, a Deployment spread over the nodes, pod-to-pod
 traffic across nodes, a Service by ClusterIP and by its DNS name through
 CoreDNS, ``kubectl logs`` and ``kubectl exec``, and an image loaded from the
 host with ``cluster:load``. Nothing is pulled: pods use images already in the
-nodes (``imagePullPolicy: Never``). ``cluster:down`` must leave nothing.
+nodes (``imagePullPolicy: Never``). A focused subset of the [Conformance] suite
+(pods, services, DNS, ConfigMaps) passes on the e2e images the build made and
+preloaded, with every pull refused. ``cluster:down`` must leave nothing.
 """
 
 import json
@@ -15,6 +17,7 @@ import time
 
 import pytest
 
+from dindind.cluster import conformance
 from dindind.cluster.plan import CLUSTER_LABEL
 
 from conftest import REAL_VERSION
@@ -181,3 +184,34 @@ def test_an_image_loaded_from_the_host_runs_as_a_pod(cluster, web):
         time.sleep(1)
     assert phase == "Succeeded"
     assert "loaded-image-ran" in k("logs", "once").stdout
+
+
+# A few minutes on 2 cores: pods, services, DNS and ConfigMaps, all on images built here and preloaded.
+CONFORMANCE_SUBSET = {
+    "[sig-node] Pods should be submitted and removed",
+    "[sig-node] Pods should be updated",
+    "[sig-node] Pods should get a host IP",
+    "[sig-node] Pods should contain environment variables for services",
+    "[sig-network] DNS should provide DNS for the cluster",
+    "[sig-network] DNS should provide DNS for services",
+    "[sig-network] Services should serve a basic endpoint from pods",
+    "[sig-network] Services should serve multiport endpoints from pods",
+    "[sig-node] ConfigMap should be consumable via the environment",
+    "[sig-node] ConfigMap should be consumable via environment variable",
+    "[sig-node] ConfigMap should run through a ConfigMap lifecycle",
+}
+
+
+def test_a_conformance_subset_passes_offline_on_the_preloaded_e2e_images(real, cluster):
+    focus = "|".join(conformance.re2_escape(name) + " " for name in sorted(CONFORMANCE_SUBSET))
+    run = real.doit("cluster:e2e", "--name", NAME, "--conformance", "--focus", focus, "--parallel", "2",
+                    timeout=2400, check=False)
+    dest = real.path / "artifacts" / "clusters" / NAME / "e2e"
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    cases = conformance.read_junit(sorted(dest.rglob("junit*.xml")))
+    passed = {name for name, status in cases if status == "passed"}
+    for name in CONFORMANCE_SUBSET:
+        assert any(p.startswith(name + " [") for p in passed), (name, run.stdout[-3000:])
+    summary = json.loads((dest / "summary.json").read_text())
+    assert (summary["passed"], summary["failed"]) == (len(CONFORMANCE_SUBSET), 0), summary
+    assert "conformance: " in run.stdout
