@@ -38,6 +38,10 @@ def run_flags(argv):
         raise DindindError("run-flags takes at most one argument, the image", hint="python -m dindind run-flags [IMAGE]")
     image = argv[0] if argv else _cluster_image()
     reference.parse(image)
+    from dindind.docker import engine
+
+    if engine.image_id(image) is None:        # the probe runs the image: a missing one is not the engine's fault
+        raise DindindError(f"no image {image!r} in this engine", hint="build it (`doit build`) or load it first")
     return " ".join(shlex.quote(f) for f in host.run_flags(containers.privilege_opts(image)))
 
 

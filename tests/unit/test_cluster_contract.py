@@ -160,12 +160,16 @@ def test_run_flags_for_privileged_and_for_the_capability_set():
 
 def test_run_flags_command_line(monkeypatch, capsys):
     monkeypatch.setattr("dindind.docker.containers.privilege_opts", lambda image: dict(FALLBACK))
+    monkeypatch.setattr("dindind.docker.engine.image_id", lambda ref: None if "missing" in ref else "sha256:" + "1" * 64)
     assert cli.main(["run-flags", "dindind/cluster:x"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("--cap-add=ALL ") and "--stop-timeout=60" in out
     assert cli.main(["run-flags", "a", "b"]) == 1
     assert cli.main(["run-flags", "Not An Image"]) == 1
     assert "invalid image reference" in capsys.readouterr().err
+    # the probe runs the image: a missing image is named, not blamed on the engine
+    assert cli.main(["run-flags", "dindind/cluster:missing"]) == 1
+    assert "no image 'dindind/cluster:missing' in this engine" in capsys.readouterr().err
 
 
 def test_published_server_is_found_from_the_port_binding(monkeypatch):
