@@ -5,7 +5,8 @@
     dindind health                      exit 0 when every node is Ready (the image's HEALTHCHECK)
     dindind logs                        collect dockerd's log and every node's journals into LOGS
     dindind e2e [--focus RE] [--skip RE] [--parallel N] [--flake-attempts N] [--label-filter EXPR]
-                                        e2e.test under ginkgo; JUnit XML into E2E (docker cp C:/var/lib/dindind/e2e .)
+                                        e2e.test under ginkgo; JUnit XML into E2E (docker cp C:/var/lib/dindind/e2e .);
+                                        no --skip: DEFAULT_E2E_SKIP; --skip= (empty): skip nothing
 
 Every command but ``logs`` refuses, exiting 1, until the cluster is ready.
 The host cannot be seen from in here, so the kubeconfig's server is
@@ -186,8 +187,10 @@ def e2e_command(args, kubeconfig_path=KUBECONFIG, report=E2E):
             key = {"--parallel": "cluster.e2e_parallel", "--flake-attempts": "cluster.e2e_flake_attempts"}[opt]
             value = config.parse_int(value, opt, *config.int_range(key))
         opts[opt] = value
-    cmd = ["ginkgo", f"--nodes={opts['--parallel'] or 1}", f"--flake-attempts={opts['--flake-attempts'] or 1}",
-           f"--skip={opts['--skip'] or DEFAULT_E2E_SKIP}"]
+    # no --skip: the default skip list; an empty --skip= : skip nothing (a conformance run brings its own)
+    skip = DEFAULT_E2E_SKIP if opts["--skip"] is None else opts["--skip"]
+    cmd = ["ginkgo", f"--nodes={opts['--parallel'] or 1}", f"--flake-attempts={opts['--flake-attempts'] or 1}"]
+    cmd += [f"--skip={skip}"] if skip else []
     if opts["--focus"]:
         cmd.append(f"--focus={opts['--focus']}")
     if opts["--label-filter"]:

@@ -149,3 +149,17 @@ def test_nested_e2e_runs_the_images_own_command_with_the_conformance_label(tmp_p
 
     ginkgo = inside.e2e_command(cmd[2:])
     assert "--label-filter=Conformance" in ginkgo and "--nodes=2" in ginkgo and "--focus=Pods" in ginkgo
+
+
+def test_a_conformance_run_with_nothing_to_skip_does_not_get_the_default_skip_list(fake_run, monkeypatch):
+    # every needed image built: the generated skip is empty, and nested `dindind e2e` must not then fall
+    # back to its default list ([Serial], [NodeConformance], restart, ... are conformance tests too)
+    cfg, lay, state = fake_run
+    monkeypatch.setattr(host.conformance_mod, "image_skips", lambda doc: {})
+    host.e2e(cfg, lay, "t10-a", conformance=True, out=lambda line: None)
+    args = state["args"]
+    assert "--skip=" in args
+    from dindind.cluster import inside
+
+    ginkgo = inside.e2e_command([host._inside_e2e_arg(a) for a in args])
+    assert not any(a.startswith("--skip") for a in ginkgo)
