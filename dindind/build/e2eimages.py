@@ -10,7 +10,7 @@ Steps (each an up-to-date check away from a no-op):
 
 1. :func:`classify`: every image e2e.test lists -> built here (a recipe),
    already preloaded (a component image: pause, etcd) or missing + reason.
-2. ``go build`` of agnhost and nonewprivs from the Kubernetes tree's own
+2. ``go build`` of the Go images (GO_BINARIES: agnhost, sample-apiserver, ...) in the Kubernetes tree's own
    Go build (the same work module, env and Go as kubelet).
 3. One ``docker build`` per image on the base image (Debian packages for
    the tools), all saved in one docker-archive
@@ -45,6 +45,20 @@ UNPULLABLE = "invalid.registry.k8s.io/"
 RECIPES = {
     "agnhost": "agnhost", "kitten": "webserver", "nautilus": "webserver", "busybox": "busybox",
     "nginx": "nginx", "glibc-dns-testing": "glibc-dns-testing", "nonroot": "nonroot", "nonewprivs": "nonewprivs",
+    "sample-apiserver": "sample-apiserver", "resource-consumer": "resource-consumer",
+    "regression-issue-74839": "regression-issue-74839", "ipc-utils": "ipc-utils", "perl": "perl",
+}
+
+#: recipe -> {binary: Go package} built from the Kubernetes tree's own Go build ("k8s:" = a package of
+#: k8s.io/kubernetes, else a module path the tree requires): sample-apiserver is the staging module the
+#: e2e aggregator test imports, built at this Kubernetes' version (its tag names an older release)
+GO_BINARIES = {
+    "agnhost": {"e2e-agnhost": "k8s:test/images/agnhost"},
+    "nonewprivs": {"e2e-nonewprivs": "k8s:test/images/nonewprivs"},
+    "sample-apiserver": {"e2e-sample-apiserver": "k8s.io/sample-apiserver"},
+    "resource-consumer": {"e2e-consumer": "k8s:test/images/resource-consumer",
+                          "e2e-consume-cpu": "k8s:test/images/resource-consumer/consume-cpu"},
+    "regression-issue-74839": {"e2e-regression-issue-74839": "k8s:test/images/regression-issue-74839"},
 }
 
 #: reference prefix -> why it is not built (the first match wins; the empty prefix is the fallback)
@@ -54,8 +68,6 @@ MISSING_REASONS = (
                                      "not in the Kubernetes module or Debian"),
     ("registry.k8s.io/cloud-provider-gcp/", "a cloud provider's CSI driver, outside the Kubernetes module"),
     ("registry.k8s.io/build-image/", "a Kubernetes build image (distroless), not made from the module or Debian"),
-    (E2E_REGISTRY + "sample-apiserver:", "k8s.io/sample-apiserver is not a requirement of the Kubernetes "
-                                         "module, so its work module cannot build it"),
     (E2E_REGISTRY + "node-perf/", "third-party benchmark workloads (NPB, PyTorch), not in Debian"),
     (E2E_REGISTRY + "volume/", "an NFS/iSCSI server needing kernel modules a container cluster lacks"),
     ("", "no dindind recipe yet (not used by any [Conformance] test's own source)"),
@@ -97,6 +109,16 @@ DOCKERFILES = {
     "glibc-dns-testing": "FROM {base}\n" + _APT.format(packages="bind9-dnsutils") + "COPY files/ /\n{extra}",
     "nonroot": "FROM {base}\n{extra}USER 1234\n",
     "nonewprivs": "FROM {base}\nCOPY files/ /\nRUN chmod u+s /usr/local/bin/nnp\n{extra}CMD [\"nnp\"]\n",
+    # upstream: alpine + the binary, run as an aggregated API server next to an etcd (the etcd component image)
+    "sample-apiserver": 'FROM {base}\nCOPY files/ /\n{extra}ENTRYPOINT ["/sample-apiserver"]\n',
+    # upstream: debian-base + stress, /consumer and /consume-cpu
+    "resource-consumer": "FROM {base}\n" + _APT.format(packages="stress") + (
+        'COPY files/ /\n{extra}EXPOSE 8080\nENTRYPOINT ["/consumer"]\n'),
+    "regression-issue-74839": 'FROM {base}\nCOPY files/ /\n{extra}ENTRYPOINT ["/regression-issue-74839"]\n',
+    # upstream: alpine + util-linux (ipcmk, ipcs); Debian's base has util-linux: the build checks the tools
+    "ipc-utils": "FROM {base}\nRUN command -v ipcmk && command -v ipcs\n{extra}",
+    # upstream: the perl image (full perl with its modules)
+    "perl": "FROM {base}\n" + _APT.format(packages="perl") + "{extra}",
 }
 
 
@@ -346,10 +368,11 @@ def build(cfg, layout, echo=print):
                                         log))
     versions = {"agnhost": (kdir / "test/images/agnhost/VERSION").read_text().strip()}
     images = classify(refs, preloaded, versions)
-    for name in ("agnhost", "nonewprivs"):
+    wanted = {"agnhost"} | {e["recipe"] for e in images if e["status"] == "built"}
+    for binary, pkg in sorted(b for r in sorted(wanted) for b in GO_BINARIES.get(r, {}).items()):
         gobuild.run_go(["go", "build", "-p", str(plan.jobs), "-trimpath", "-ldflags", "-s -w", "-o",
-                        plan.bin / f"e2e-{name}", plan.pkg(f"test/images/{name}")],
-                       cwd=plan.cwd, env=plan.env, log=plan.log, what=f"building {name}")
+                        plan.bin / binary, plan.pkg(pkg[4:]) if pkg.startswith("k8s:") else pkg],
+                       cwd=plan.cwd, env=plan.env, log=plan.log, what=f"building {pkg}")
     agnhost = {"/agnhost": (plan.bin / "e2e-agnhost", 0o755), "/coredns": (plan.bin / "coredns", 0o755),
                "/localhost.crt": (kdir / "test/images/agnhost/porter/localhost.crt", 0o644),
                "/localhost.key": (kdir / "test/images/agnhost/porter/localhost.key", 0o644)}
@@ -369,6 +392,8 @@ def build(cfg, layout, echo=print):
             files = {"/coredns": agnhost["/coredns"]}
         elif recipe == "nonewprivs":
             files = {"/usr/local/bin/nnp": (plan.bin / "e2e-nonewprivs", 0o755)}
+        elif recipe in GO_BINARIES:
+            files = {f"/{b.removeprefix('e2e-')}": (plan.bin / b, 0o755) for b in GO_BINARIES[recipe]}
         echo(f"  e2e image {entry['ref']}")
         entry["id"] = _build_image(entry, DOCKERFILES[recipe], files, gobuild.base_image(layout), plan.epoch, dest,
                                    log, agnhost=built.get(f"{E2E_REGISTRY}agnhost:{versions['agnhost']}"))

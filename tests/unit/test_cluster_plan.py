@@ -122,6 +122,32 @@ def test_cni_conflist_and_routes_give_each_node_its_slice():
     assert not any(a.overlaps(b) for i, a in enumerate(slices) for b in slices[i + 1:])
 
 
+def test_cni_rejects_unclaimed_service_ports_once_per_node():
+    p = plan.make_plan(settings(), token=TOKEN)
+    ran, present = [], set()
+
+    class Engine:
+        def put_file(self, name, path, text):
+            pass
+
+        def exec_in(self, name, cmd, check=True):
+            ran.append((name, cmd))
+            if cmd[:2] == ["iptables", "-I"]:
+                present.add((name, cmd[2]))
+            if cmd[:2] == ["iptables", "-C"]:
+                return (0 if (name, cmd[2]) in present else 1), ""
+            return 0, ""
+
+    ctx = Context(plan=p, node_image="img", status=Status(), engine=Engine(),
+                  node_ips={n.name: n.ip for n in p.nodes})
+    cni.execute(ctx)
+    cni.execute(ctx)             # a restart runs the action again: no second copy of a rule
+    inserted = [(n, c) for n, c in ran if c[:2] == ["iptables", "-I"]]
+    assert sorted((n, c[2]) for n, c in inserted) == sorted((n.name, ch) for n in p.nodes for ch in ("FORWARD", "OUTPUT"))
+    for _, cmd in inserted:
+        assert cmd[3] == "1" and cmd[cmd.index("-d") + 1] == p.settings.service_subnet and cmd[-2:] == ["-j", "REJECT"]
+
+
 @pytest.mark.parametrize("privilege", [PRIVILEGED, FALLBACK], ids=["privileged", "fallback"])
 def test_node_run_arguments(privilege, monkeypatch):
     p = plan.make_plan(settings(), token=TOKEN)

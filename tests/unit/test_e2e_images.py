@@ -17,6 +17,8 @@ LISTED = f"""\
 {E2E}perl:5.26
 registry.k8s.io/pause:3.10.2
 registry.k8s.io/sig-storage/csi-attacher:v4.12.0
+registry.k8s.io/sig-storage/nfs-provisioner:v4.0.8
+{E2E}node-perf/npb-ep:1.6.0
 invalid.registry.k8s.io/invalid/alpine:3.1
 
 """
@@ -29,7 +31,7 @@ def by_ref(images):
 def test_every_listed_image_is_built_preloaded_unpullable_or_missing_with_a_reason():
     refs = e2eimages.parse_image_list(LISTED)
     images = by_ref(e2eimages.classify(refs, {"registry.k8s.io/pause:3.10.2"}, {"agnhost": "2.66.1"}))
-    assert len(images) == 9
+    assert len(images) == 11
     assert images[f"{E2E}agnhost:2.66.1"]["status"] == "built"
     assert images[f"{E2E}agnhost:2.66.1"]["name"] == "agnhost-2.66.1"
     assert "alias_of" not in images[f"{E2E}agnhost:2.66.1"]
@@ -38,10 +40,21 @@ def test_every_listed_image_is_built_preloaded_unpullable_or_missing_with_a_reas
     assert images[f"{E2E}nginx:1.28.0-2"]["recipe"] == "nginx"
     assert images["registry.k8s.io/pause:3.10.2"]["status"] == "preloaded"
     assert images["invalid.registry.k8s.io/invalid/alpine:3.1"]["status"] == "unpullable"
-    for ref in (f"{E2E}sample-apiserver:1.29.2", f"{E2E}perl:5.26", "registry.k8s.io/sig-storage/csi-attacher:v4.12.0"):
+    # the aggregator's sample-apiserver (a staging module) and perl (Debian's) are built too
+    assert images[f"{E2E}sample-apiserver:1.29.2"]["recipe"] == "sample-apiserver"
+    assert images[f"{E2E}perl:5.26"]["recipe"] == "perl"
+    for ref in ("registry.k8s.io/sig-storage/csi-attacher:v4.12.0", f"{E2E}node-perf/npb-ep:1.6.0"):
         assert images[ref]["status"] == "missing" and images[ref]["reason"], ref
-    assert "sample-apiserver" in images[f"{E2E}sample-apiserver:1.29.2"]["reason"]
     assert "CSI" in images["registry.k8s.io/sig-storage/csi-attacher:v4.12.0"]["reason"]
+    assert "benchmark" in images[f"{E2E}node-perf/npb-ep:1.6.0"]["reason"]
+
+
+def test_every_go_image_recipe_has_its_binaries_and_dockerfile():
+    for recipe, binaries in e2eimages.GO_BINARIES.items():
+        assert recipe in e2eimages.DOCKERFILES and binaries, recipe
+        for binary, pkg in binaries.items():
+            assert binary.startswith("e2e-") and (pkg.startswith("k8s:test/images/") or pkg.startswith("k8s.io/"))
+    assert set(e2eimages.RECIPES.values()) <= set(e2eimages.DOCKERFILES)
 
 
 MANIFEST = """
@@ -49,15 +62,16 @@ MANIFEST = """
 	configs[APIServer] = Config{list.PromoterE2eRegistry, "sample-apiserver", "1.29.2"}
 	configs[BusyBox] = Config{list.PromoterE2eRegistry, "busybox", "1.37.0-2"}
 	configs[Pause] = Config{list.GcRegistry, "pause", "3.10.2"}
+	configs[NFSProvisioner] = Config{list.SigStorageRegistry, "nfs-provisioner", "v4.0.8"}
 """
 
 AGGREGATOR_GO = '''
 var _ = SIGDescribe("Aggregator", func() {
 	framework.ConformanceIt("Should be able to support the 1.17 Sample API Server (using it)", func(ctx context.Context) {
-		TestSampleAPIServer(ctx, f, aggrclient, imageutils.GetE2EImage(imageutils.APIServer))
+		TestSampleAPIServer(ctx, f, aggrclient, imageutils.GetE2EImage(imageutils.NFSProvisioner))
 	})
 	framework.ConformanceIt("should list the APIServices", func(ctx context.Context) {
-		_ = "imageutils.APIServer is only in a string here"
+		_ = "imageutils.NFSProvisioner is only in a string here"
 	})
 	framework.ConformanceIt("should run a helper's pod", func(ctx context.Context) {
 		deployHelper(ctx) // helpers of the same file count, transitively
@@ -69,7 +83,7 @@ func deployHelper(ctx context.Context) {
 }
 
 func deeper() {
-	_ = imageutils.GetE2EImage(imageutils.APIServer)
+	_ = imageutils.GetE2EImage(imageutils.NFSProvisioner)
 }
 '''
 
@@ -89,8 +103,8 @@ def test_the_skip_list_names_the_conformance_tests_whose_source_needs_a_missing_
     assert doc["conformance"]["total"] == 3
     assert [t["codename"] for t in doc["conformance"]["skip_for_image"]] == sorted(
         [tests[0]["codename"], tests[2]["codename"]])
-    assert doc["conformance"]["skip_for_image"][0]["images"] == [f"{E2E}sample-apiserver:1.29.2"]
-    assert doc["counts"]["missing"] == 4 and doc["counts"]["unpullable"] == 1
+    assert doc["conformance"]["skip_for_image"][0]["images"] == ["registry.k8s.io/sig-storage/nfs-provisioner:v4.0.8"]
+    assert doc["counts"]["missing"] == 4 and doc["counts"]["unpullable"] == 1     # pause: not preloaded here
 
 
 def test_a_test_needing_only_built_images_is_not_skipped():

@@ -3,6 +3,13 @@
 No CNI daemon: each node gets a bridge + host-local conflist for its own
 /24 and a route to every other node's /24 via that node's address.
 ``cluster.cni: none`` skips this action and leaves the network to the user.
+
+Traffic to a service address that no service port claims is rejected on
+every node (kube-proxy's nftables mode does the same; its iptables mode lets
+such packets leave by the default route). Off the node they would reach the
+host's network, where a proxy answering every port 80 made the conformance
+test "Services should serve endpoints on same port and different protocols"
+see a reply from a port the Service had just dropped.
 """
 
 import json
@@ -29,8 +36,22 @@ def routes(plan, node, node_ips):
     return [(other.pod_cidr, node_ips[other.name]) for other in plan.nodes if other.name != node.name]
 
 
+def unclaimed_service_rules(service_subnet):
+    """iptables filter rules rejecting what is still addressed to the service subnet after kube-proxy's DNAT.
+
+    Matched service traffic has its destination rewritten to a pod in the nat
+    table before the filter chains see it, so only unclaimed ports hit these.
+    """
+    return [[chain, "-d", service_subnet, "-m", "comment", "--comment", "dindind: unclaimed service port",
+             "-j", "REJECT"] for chain in ("FORWARD", "OUTPUT")]
+
+
 def execute(ctx):
+    rules = unclaimed_service_rules(ctx.plan.settings.service_subnet)
     for node in ctx.plan.nodes:
         ctx.engine.put_file(node.name, CONFLIST, conflist(node))
         for dst, via in routes(ctx.plan, node, ctx.node_ips):
             ctx.node_exec(node, ["ip", "route", "replace", dst, "via", via])
+        for rule in rules:         # once: this action also runs when a restarted cluster comes back
+            if ctx.node_exec(node, ["iptables", "-C", *rule], check=False)[0] != 0:
+                ctx.node_exec(node, ["iptables", "-I", rule[0], "1", *rule[1:]])
