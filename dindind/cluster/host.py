@@ -149,6 +149,8 @@ def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print,
     else:
         path = _up_direct(layout, settings, publish, out)
     out(f"cluster {settings.name} is up in {time.monotonic() - start:.1f}s; kubeconfig: {path}")
+    for line in passthrough.describe(settings):
+        out(line)
     sample = settings.kubernetes_version.endswith("+sample")
     out(f"  kubectl --kubeconfig {shlex.quote(str(path))} " + ("get --raw /api/v1/nodes   # the sample serves "
                                                                "only the node list" if sample else "get nodes"))

@@ -18,7 +18,7 @@ import socket
 from dataclasses import replace
 
 from dindind.base.errors import DindindError
-from dindind.cluster.plan import Mount, PortMapping
+from dindind.cluster.plan import Mount, PortMapping, node_names
 
 MOUNTS_DIR = "/mnt/dindind"
 INNER_PORTS = 40000     # the cluster container's port for the k-th mapping (nothing else listens there)
@@ -113,3 +113,14 @@ def warnings(settings):
     return [f"WARNING: {p.listen_address}:{p.host_port}/{p.protocol} (extraPortMappings -> {p.container_port}) "
             "is reachable from other machines" for p in mappings(settings)
             if not ipaddress.ip_address(p.listen_address).is_loopback]
+
+
+def describe(settings):
+    """One line per port mapping: the host address and port, and the node port it reaches."""
+    names = [n for n, _ in node_names(settings.name, len(settings.node_specs()) - 1)]
+    lines = []
+    for name, spec in zip(names, settings.node_specs()):
+        for p in spec.extra_port_mappings:
+            address = f"[{p.listen_address}]" if ":" in p.listen_address else p.listen_address
+            lines.append(f"  port {address}:{p.host_port}/{p.protocol} -> {name}:{p.container_port}")
+    return lines

@@ -389,3 +389,35 @@ def test_cluster_up_refuses_a_bad_config_before_the_build_runs(tmp_path):
     assert text.startswith("invalid cluster config") and text.count("\n  - ") == 15
     assert cluster_tasks._cluster_config(str(FIXTURES / "valid-roles.yaml")) == str(FIXTURES / "valid-roles.yaml")
     assert cluster_tasks._cluster_config("") == ""
+
+
+def test_cluster_up_says_which_build_config_keys_are_deprecated_or_unused(tmp_path, monkeypatch):
+    from dindind.base import layout as layout_mod
+
+    p = tmp_path / "build.yaml"
+    p.write_text("kubernetes: {source: sample, version: v1.31.2+sample}\ncluster: {pod_subnet: 10.200.0.0/16}\n")
+    cfg, lay = config.load(p), layout_mod.Layout(tmp_path / "proj")
+    lay.stamp("node").parent.mkdir(parents=True)
+    lay.stamp("node").write_text(json.dumps(NODE_STAMP))
+    monkeypatch.setattr(host, "_in_use", lambda name: (_ for _ in ()).throw(DindindError("stop here")))
+    for config_file, first in ((None, "DEPRECATED: the build config's cluster.pod_subnet: write it"),
+                               (FIXTURES / "valid-roles.yaml", "NOTE: the build config's cluster.pod_subnet is "
+                                                               "not used")):
+        lines = []
+        with pytest.raises(DindindError, match="stop here"):
+            host.up(cfg, lay, out=lines.append, config_file=config_file)
+        assert lines[0].startswith(first) and len(lines) == 1
+    # the file's cluster, the command line's name and count on top; a count cannot change nodes of their own
+    s = host.settings_for(cfg, lay, name="cli", workers=4, config_file=FIXTURES / "valid-roles.yaml")
+    assert (s.name, s.workers, s.pod_subnet) == ("cli", 4, "10.244.0.0/16")
+    with pytest.raises(DindindError, match="--workers cannot change"):
+        host.settings_for(cfg, lay, workers=1, config_file=FIXTURES / "valid-full.yaml")
+
+
+def test_cluster_up_prints_where_each_port_mapping_listens(tmp_path):
+    s = replace(defaults(tmp_path), name="demo", nodes=(
+        plan.NodeSpec("control-plane"), plan.NodeSpec("worker"),
+        plan.NodeSpec("worker", extra_port_mappings=(plan.PortMapping(80, 8080), plan.PortMapping(53, 5353, "::1",
+                                                                                                  "UDP")))))
+    assert passthrough.describe(s) == ["  port 127.0.0.1:8080/TCP -> demo-worker2:80",
+                                       "  port [::1]:5353/UDP -> demo-worker2:53"]
