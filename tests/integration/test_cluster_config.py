@@ -9,7 +9,6 @@ before anything is created.
 
 import json
 import socket
-import subprocess
 import time
 
 import pytest

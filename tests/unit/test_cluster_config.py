@@ -1,7 +1,6 @@
 """The versioned cluster config (dindind.dev/v1alpha1 Cluster): parsing, validation, schema, and what
 it becomes (Settings, kubeadm configs, node run arguments, the cluster image's arguments). No engine."""
 
-import io
 import json
 import re
 import socket
