@@ -1,8 +1,9 @@
 """``python -m dindind``: small commands outside doit.
 
     python -m dindind engine               make sure a Docker engine answers (root)
-    python -m dindind schema               print the config JSON Schema
-    python -m dindind check [PATH]         validate a config file (and $SOURCE_DATE_EPOCH)
+    python -m dindind schema [cluster]     print the build config's JSON Schema (cluster: the cluster config's)
+    python -m dindind check [PATH]         validate a build config (and $SOURCE_DATE_EPOCH), or a cluster
+                                           config (a file with apiVersion: dindind.dev/v1alpha1)
     python -m dindind run-flags [IMAGE]    the `docker run` flags a cluster container needs on this engine
                                            (IMAGE: the built cluster image by default)
     python -m dindind kubeconfig CONTAINER [--server URL]
@@ -17,7 +18,7 @@ import json
 import shlex
 import sys
 
-from dindind.base import config
+from dindind.base import clusterconfig, config
 from dindind.docker import engine
 from dindind.base.errors import DindindError
 
@@ -82,17 +83,41 @@ def manifest(argv):
     return manifest_mod.render(image or _cluster_image(), **kw)
 
 
+def check(path):
+    """``check [PATH]``: a cluster config when the file names an apiVersion, else a build config."""
+    if path:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(clusterconfig.MAX_BYTES + 1)
+        except OSError:
+            head = b""              # config.load says what is wrong with the path
+        if clusterconfig.looks_versioned(head.decode("utf-8", "replace")):
+            doc = clusterconfig.load(path)
+            nodes = doc["nodes"] or [{"role": "control-plane"}] + [{"role": "worker"}] * 2
+            print(f"{path}: ok ({clusterconfig.API_VERSION} {clusterconfig.KIND}: "
+                  f"{sum(n['role'] == 'control-plane' for n in nodes)} control plane, "
+                  f"{sum(n['role'] == 'worker' for n in nodes)} worker(s))")
+            return
+    cfg = config.load(path)
+    cfg.source_date_epoch       # a malformed $SOURCE_DATE_EPOCH fails the build: say so here
+    notice = clusterconfig.deprecation(cfg)
+    if notice:
+        print(notice)
+    print(f"{cfg.path}: ok")
+
+
 def main(argv):
     cmd = argv[0] if argv else "help"
     try:
         if cmd == "engine":
             print(engine.ensure())
         elif cmd == "schema":
-            print(json.dumps(config.json_schema(), indent=2))
+            if argv[1:] not in ([], ["cluster"]):
+                raise DindindError(f"unexpected arguments {' '.join(argv[1:])!r}",
+                                   hint="python -m dindind schema [cluster]")
+            print(json.dumps(clusterconfig.json_schema() if argv[1:] else config.json_schema(), indent=2))
         elif cmd == "check":
-            cfg = config.load(argv[1] if len(argv) > 1 else None)
-            cfg.source_date_epoch       # a malformed $SOURCE_DATE_EPOCH fails the build: say so here
-            print(f"{cfg.path}: ok")
+            check(argv[1] if len(argv) > 1 else None)
         elif cmd == "run-flags":
             print(run_flags(argv[1:]))
         elif cmd == "kubeconfig":

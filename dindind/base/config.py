@@ -72,18 +72,23 @@ class Field:
     """One key: its JSON type, default, and extra checks."""
 
     def __init__(self, kind, default=None, *, doc="", pattern=None, enum=None, items=None,
-                 minimum=None, maximum=None, nullable=False, check=None, fmt=None):
+                 minimum=None, maximum=None, nullable=False, check=None, fmt=None,
+                 fields=None, values=None, keys=None, required=False):
         self.kind = kind            # "string" | "integer" | "boolean" | "array" | "object"
         self.default = default
         self.doc = doc
         self.pattern = pattern
         self.enum = enum
-        self.items = items          # Field for array items, or dict spec for objects
+        self.items = items          # Field for array items
         self.minimum = minimum
         self.maximum = maximum
         self.nullable = nullable
         self.check = check          # callable(value) -> problem text or None
         self.fmt = fmt              # human description of the pattern
+        self.fields = fields        # object with known keys: {key: Field}, unknown keys refused
+        self.values = values        # object with any keys: the Field of every value ...
+        self.keys = keys            # ... and the string Field every key must pass
+        self.required = required    # a key that must be given (no default)
 
 
 def _cidr(value):
@@ -344,6 +349,10 @@ def _check_value(keypath, f, value, problems):
             problems.append(f"{keypath}: {_show(value)} is not {f.fmt or 'valid'}")
         elif f.check and (msg := f.check(value)):
             problems.append(f"{keypath}: {_show(value)} {msg}")
+    elif f.kind == "object" and f.fields is not None:
+        return _check_fields(keypath, f.fields, value, problems)
+    elif f.kind == "object" and f.values is not None:
+        return _check_map(keypath, f, value, problems)
     elif f.kind == "object" and f.check and (msg := f.check(value)):
         problems.append(f"{keypath}: {msg}")
     elif f.kind == "integer":
@@ -357,6 +366,49 @@ def _check_value(keypath, f, value, problems):
             out.append(_check_value(f"{keypath}[{i}]", f.items, item, problems))
         return tuple(out)
     return value
+
+
+def _join(keypath, key):
+    return f"{keypath}.{key}" if keypath else key
+
+
+def _default(keypath, f, problems):
+    """The value of a key that is not given: its default (an object with known keys: theirs)."""
+    if f.required:
+        choices = f" (one of {', '.join(f.enum)})" if f.enum else ""
+        problems.append(f"{keypath}: required{choices}")
+        return None
+    if f.kind == "object" and f.fields is not None and f.default is None and not f.nullable:
+        return _check_fields(keypath, f.fields, {}, problems)
+    return tuple(f.default) if isinstance(f.default, list) else f.default
+
+
+def _check_fields(keypath, fields, raw, problems):
+    """A mapping with the known keys ``fields`` ({key: Field}): each checked or defaulted, unknown keys refused."""
+    for key in raw:
+        if key not in fields:
+            problems.append(f"{_join(keypath, _key(key))}: unknown key (known: {', '.join(fields)})")
+    return {key: _check_value(_join(keypath, key), f, raw[key], problems) if key in raw
+            else _default(_join(keypath, key), f, problems) for key, f in fields.items()}
+
+
+def _check_map(keypath, f, raw, problems):
+    """A mapping with any keys: every key passes ``f.keys`` (a string Field), every value ``f.values``."""
+    out = {}
+    for key, value in raw.items():
+        where = _join(keypath, _key(key))
+        if not isinstance(key, str):
+            problems.append(f"{where}: key {_show(key)} is not a string (quote it)")
+            continue
+        k = f.keys
+        if k is not None and k.pattern and not re.fullmatch(k.pattern, key):
+            problems.append(f"{keypath}: key {_show(key)} is not {k.fmt or 'valid'}")
+            continue
+        if k is not None and k.check and (msg := k.check(key)):
+            problems.append(f"{keypath}: key {_show(key)} {msg}")
+            continue
+        out[key] = _check_value(where, f.values, value, problems)
+    return out
 
 
 def _validate_shape(data, problems):
@@ -376,16 +428,7 @@ def _validate_shape(data, problems):
         if not isinstance(raw, dict):
             problems.append(f"{section}: expected a mapping, got {type(raw).__name__}")
             raw = {}
-        for key in raw:
-            if key not in fields:
-                problems.append(f"{section}.{_key(key)}: unknown key (known: {', '.join(fields)})")
-        sec = {}
-        for key, f in fields.items():
-            if key in raw:
-                sec[key] = _check_value(f"{section}.{key}", f, raw[key], problems)
-            else:
-                sec[key] = tuple(f.default) if isinstance(f.default, list) else f.default
-        values[section] = sec
+        values[section] = _check_fields(section, fields, raw, problems)
     return values
 
 
@@ -395,6 +438,26 @@ def _exists(path, kind):
         return getattr(path, kind)()
     except (OSError, ValueError):
         return False
+
+
+def subnet_problems(subnets, pod_key, problems):
+    """The cluster's subnets ({key path: CIDR text}, already checked one by one) must not overlap, and
+    the pod subnet (``pod_key``) must hold a /24 per node; the build config and the cluster config
+    share this rule."""
+    nets = {}
+    for key, text in subnets.items():
+        try:
+            nets[key] = ipaddress.ip_network(text) if text else None
+        except ValueError:
+            nets[key] = None
+    keys = [k for k in nets if nets[k] is not None]
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            if nets[a].version == nets[b].version and nets[a].overlaps(nets[b]):
+                problems.append(f"{a}: {subnets[a]} overlaps {b} {subnets[b]}")
+    pod = nets.get(pod_key)
+    if pod is not None and pod.version == 4 and pod.prefixlen > 20:
+        problems.append(f"{pod_key}: {subnets[pod_key]} is too small: each node takes a /24")
 
 
 # suites whose glibc is older than 2.38, which the newer suites' runc needs
@@ -444,20 +507,8 @@ def _cross_check(v, base_dir, problems):
             if not v["cni"][key]:
                 problems.append(f"cni.{key}: required when cni.source is tgz")
     c = v["cluster"]
-    nets = {}
-    for key in ("pod_subnet", "service_subnet", "node_subnet"):
-        try:
-            nets[key] = ipaddress.ip_network(c[key]) if c[key] else None
-        except ValueError:
-            nets[key] = None
-    keys = [k for k in nets if nets[k] is not None]
-    for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
-            if nets[a].version == nets[b].version and nets[a].overlaps(nets[b]):
-                problems.append(f"cluster.{a}: {c[a]} overlaps cluster.{b} {c[b]}")
-    if nets.get("pod_subnet") is not None and nets["pod_subnet"].version == 4 \
-            and nets["pod_subnet"].prefixlen > 20:
-        problems.append(f"cluster.pod_subnet: {c['pod_subnet']} is too small: each node takes a /24")
+    subnet_problems({f"cluster.{k}": c[k] for k in ("pod_subnet", "service_subnet", "node_subnet")},
+                    "cluster.pod_subnet", problems)
     if v["node"]["repository"] == v["cluster"]["repository"]:
         problems.append("cluster.repository: must differ from node.repository")
 
@@ -555,8 +606,24 @@ def _field_schema(f):
         s["maximum"] = f.maximum
     if f.kind == "array":
         s["items"] = _field_schema(f.items)
+    if f.fields is not None:
+        s.update({k: v for k, v in object_schema(f.fields).items() if k != "type"})
+    if f.values is not None:
+        s["additionalProperties"] = _field_schema(f.values)
+        if f.keys is not None and f.keys.pattern:
+            s["propertyNames"] = {"pattern": f.keys.pattern}
     if f.default is not None:
         s["default"] = list(f.default) if isinstance(f.default, (list, tuple)) else f.default
+    return s
+
+
+def object_schema(fields):
+    """The JSON Schema of a mapping with the known keys ``fields``: no others, the required ones named."""
+    s = {"type": "object", "additionalProperties": False,
+         "properties": {k: _field_schema(f) for k, f in fields.items()}}
+    required = [k for k, f in fields.items() if f.required]
+    if required:
+        s["required"] = required
     return s
 
 

@@ -22,11 +22,12 @@ import shlex
 import socket
 import tarfile
 import time
+from dataclasses import replace
 
-from dindind.base import config, fsutil, proc
+from dindind.base import clusterconfig, config, fsutil, proc
 from dindind.docker import containers, engine, images
 from dindind.base.errors import CommandError, DindindError, InputError
-from dindind.cluster import api, create, inside, plan as plan_mod
+from dindind.cluster import api, create, inside, passthrough, plan as plan_mod
 from dindind.cluster import conformance as conformance_mod
 from dindind.cluster.actions import waitready
 from dindind.cluster.status import Status
@@ -66,17 +67,27 @@ def _stamp(layout, which):
     return fsutil.read_json(layout.stamp(which), f"{which} image stamp", hint="run `doit build` first")
 
 
-def settings_for(cfg, layout, name=None, workers=None, retain=False, wait=None):
+def settings_for(cfg, layout, name=None, workers=None, retain=False, wait=None, config_file=None):
+    """The Settings of cluster:up: the build config's cluster keys, or the cluster config ``config_file``
+    (dindind.base.clusterconfig) when one is given; the command line's name, workers and wait on top."""
     node = _stamp(layout, "node")
     c = cfg.cluster
-    name = cluster_name(cfg, name)
-    workers = c["workers"] if workers is None else workers
-    return plan_mod.Settings(
-        name=name, workers=workers, node_image=node["tags"][0], kubernetes_version=node["kubernetes_version"],
+    settings = plan_mod.Settings(
+        name=cluster_name(cfg), workers=c["workers"], node_image=node["tags"][0],
+        kubernetes_version=node["kubernetes_version"],
         pod_subnet=c["pod_subnet"], service_subnet=c["service_subnet"], node_subnet=c["node_subnet"],
         api_address=c["api_address"], api_port=c["api_port"], cni=c["cni"],
         kubelet_extra_args=tuple(c["kubelet_extra_args"]), kubeadm_patches=tuple(c["kubeadm_patches"]),
         wait=c["wait"] if wait is None else wait, retain=bool(retain))
+    if config_file:
+        settings = plan_mod.from_cluster_config(clusterconfig.load(config_file), settings)
+        if workers is not None and settings.nodes:
+            raise DindindError(f"--workers cannot change {config_file}: its nodes have settings of their own",
+                               hint="list the workers under nodes: in the cluster config")
+    changes = {"name": cluster_name(cfg, name)} if name else {}
+    if workers is not None:
+        changes["workers"] = workers
+    return replace(settings, **changes)
 
 
 def _in_use(name):
@@ -115,9 +126,13 @@ def _export_kubeconfig(layout, name, kubeconfig, address, port):
     return path, server
 
 
-def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print):
-    """Create a cluster and return the kubeconfig path (ready unless --wait 0)."""
-    settings = settings_for(cfg, layout, name, workers, retain, wait)
+def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print, config_file=None):
+    """Create a cluster and return the kubeconfig path (ready unless --wait 0); ``config_file``:
+    a cluster config (apiVersion dindind.dev/v1alpha1) instead of the build config's cluster keys."""
+    notice = clusterconfig.deprecation(cfg, with_config=bool(config_file))
+    if notice:
+        out(notice)
+    settings = settings_for(cfg, layout, name, workers, retain, wait, config_file)
     if _in_use(settings.name):
         raise DindindError(f"a cluster named {settings.name!r} already exists",
                            hint=f"remove it with `doit cluster:down --name {settings.name}` or pick another --name")
@@ -125,20 +140,26 @@ def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print)
         out(f"WARNING: the API server of {settings.name} will listen on {settings.api_address}, "
             "reachable from other machines (cluster.api_address)")
     publish = _publish(settings)
+    settings = passthrough.reserve_ports(settings, taken=[publish])
+    for line in passthrough.warnings(settings):
+        out(line)
     start = time.monotonic()
     if cfg.cluster["nested"]:
-        path = _up_nested(layout, settings, publish, out)
+        path = _up_nested(layout, settings, publish, out, versioned=bool(config_file))
     else:
         path = _up_direct(layout, settings, publish, out)
     out(f"cluster {settings.name} is up in {time.monotonic() - start:.1f}s; kubeconfig: {path}")
+    for line in passthrough.describe(settings):
+        out(line)
     sample = settings.kubernetes_version.endswith("+sample")
     out(f"  kubectl --kubeconfig {shlex.quote(str(path))} " + ("get --raw /api/v1/nodes   # the sample serves "
                                                                "only the node list" if sample else "get nodes"))
     return path
 
 
-def _up_nested(layout, settings, publish, out):
+def _up_nested(layout, settings, publish, out, versioned=False):
     image = _stamp(layout, "cluster")["tags"][0]
+    inner, top_mounts, top_ports = passthrough.nested(settings)
     top = top_name(settings.name)
     labels = {plan_mod.CLUSTER_LABEL: settings.name, plan_mod.ROLE_LABEL: TOP_ROLE,
               NODES_LABEL: str(settings.workers + 1), NESTED_LABEL: "true"}
@@ -153,9 +174,9 @@ def _up_nested(layout, settings, publish, out):
         # the image's own contract, as `docker run` by hand: its defaults are this config's (the build
         # renders them into it); the arguments carry what the command line may change
         containers.run_container(image, top, labels=labels, hostname=top, volumes={volume: "/var/lib/docker", **binds},
-                             tmpfs=dict(TOP_TMPFS), command=image_args(settings),
-                             ports={plan_mod.API_PORT: publish}, privilege=privilege, stop_timeout=STOP_TIMEOUT,
-                             restart={"Name": "unless-stopped"})
+                             tmpfs=dict(TOP_TMPFS), command=image_args(inner, versioned),
+                             ports={plan_mod.API_PORT: publish, **top_ports}, mounts=top_mounts,
+                             privilege=privilege, stop_timeout=STOP_TIMEOUT, restart={"Name": "unless-stopped"})
         _relay(top, settings, out)
         kubeconfig = containers.get_file(top, KUBECONFIG_IN)
         path, server = _export_kubeconfig(layout, settings.name, kubeconfig, publish[0], _host_port(top, publish[0]))
@@ -170,10 +191,16 @@ def _up_nested(layout, settings, publish, out):
         raise
 
 
-def image_args(settings):
-    """The arguments after the image (dindind.cluster.options) that ask for ``settings``."""
-    args = ["--name", settings.name, "--workers", str(settings.workers), "--wait", str(settings.wait)]
-    args += [f"--kubelet-arg={a}" for a in settings.kubelet_extra_args]
+def image_args(settings, versioned=False):
+    """The arguments after the image (dindind.cluster.options) that ask for ``settings``: a cluster
+    config's (``versioned``) as one --config-json; the build config's as the flags that change the
+    image's defaults (which are that config's)."""
+    if versioned or settings.nodes:
+        doc = clusterconfig.to_json(plan_mod.to_cluster_config(settings))
+        args = [f"--config-json={doc}", "--name", settings.name, "--wait", str(settings.wait)]
+    else:
+        args = ["--name", settings.name, "--workers", str(settings.workers), "--wait", str(settings.wait)]
+        args += [f"--kubelet-arg={a}" for a in settings.kubelet_extra_args]
     return args + (["--retain"] if settings.retain else [])
 
 

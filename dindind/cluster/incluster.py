@@ -21,7 +21,7 @@ import threading
 import time
 
 from dindind.base import proc
-from dindind.base.errors import DindindError
+from dindind.base.errors import ConfigError, DindindError
 from dindind.cluster import api
 from dindind.cluster import create as create_mod
 from dindind.cluster import options
@@ -162,6 +162,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = read_args(argv)
+    except ConfigError as exc:          # a cluster config: every problem, one line each
+        print(exc.render(), flush=True)
+        return 2
     except DindindError as exc:
         # one line: docker logs shows it, and the container exits at once
         print(f"ERROR: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), flush=True)

@@ -1,4 +1,4 @@
-"""The cluster image's command line: the settings it was built for, changed by arguments (pure).
+"""The cluster image's command line: the settings it was built for, changed by arguments.
 
 The image carries the settings of the config it was built from as JSON
 (DEFAULTS, written at build time), so ``docker run IMAGE`` with no argument
@@ -6,14 +6,22 @@ brings up that cluster; the arguments after the image change it. They are
 checked by the config's own rules (base.config: the name rule, the integer
 ranges, the kubelet argument pattern) and a bad one is one DindindError,
 which the entry point prints as one line before exiting non-zero.
+
+A cluster config (dindind.base.clusterconfig: ``--config FILE``, a file in
+this container, or ``--config-json JSON``, what ``cluster:up`` passes) says
+the whole cluster: it replaces the image's cluster settings, and the other
+arguments then change it (--name, --wait; --workers only when its nodes have
+nothing of their own). Its problems are one ConfigError listing each. Pure
+but for reading that file and checking that its hostPaths exist here.
 """
 
 import json
 import re
 from dataclasses import replace
 
-from dindind.base import config
+from dindind.base import clusterconfig, config
 from dindind.base.errors import DindindError
+from dindind.cluster import plan
 from dindind.cluster.plan import Settings
 
 DEFAULTS = "/etc/dindind/cluster.json"
@@ -21,6 +29,9 @@ DEFAULTS = "/etc/dindind/cluster.json"
 # option -> (Settings field or flag, what it takes, help); the order is --help's
 OPTIONS = {
     "--name": ("name", "NAME", "cluster name; nodes are NAME-control-plane, NAME-worker, ..."),
+    "--config": ("config", "FILE", "a cluster config (apiVersion: dindind.dev/v1alpha1, kind: Cluster) in this "
+                                   "container, e.g. mounted with -v; it replaces the image's cluster settings"),
+    "--config-json": ("config_json", "JSON", "the same cluster config as one JSON text (hostPaths absolute)"),
     "--workers": ("workers", "N", "worker nodes besides the control plane"),
     "--kubelet-arg": ("kubelet_extra_args", "--FLAG=VALUE",
                       "an extra kubelet argument (repeat it; given once, it replaces the image's list)"),
@@ -70,6 +81,7 @@ def _bad(message):
 def parse(argv, defaults):
     """Args from the arguments after the image; ``defaults`` (Settings) fills in the rest."""
     changes, kubelet, flags = {}, [], {"no_cluster": False, "help": False, "e2e": False}
+    docs = []
     argv = list(argv)
     i = 0
     while i < len(argv):
@@ -106,6 +118,15 @@ def parse(argv, defaults):
             if problem:
                 raise _bad(f"{opt} {_show(value)} {problem}")
             flags[field] = value
+        elif field in ("config", "config_json"):
+            if docs:
+                raise _bad("give one cluster config: --config FILE or --config-json JSON, once")
+            docs.append(clusterconfig.load(value) if field == "config" else clusterconfig.from_json(value))
+    if docs:
+        defaults = plan.from_cluster_config(docs[0], defaults)
+        if "workers" in changes and defaults.nodes:
+            raise _bad("--workers cannot change a cluster config whose nodes have settings of their own: "
+                       "list the workers under nodes:")
     if kubelet:
         changes["kubelet_extra_args"] = tuple(kubelet)
     if (flags.get("e2e_focus") or flags.get("e2e_skip")) and not flags["e2e"]:

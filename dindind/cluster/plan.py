@@ -2,17 +2,60 @@
 
 Everything a cluster creates is named from the cluster name and labelled
 ``io.dindind.cluster=<name>``, so ``down`` can find all of it.
+
+:class:`Settings` is what one cluster is made of; :func:`from_cluster_config`
+and :func:`to_cluster_config` turn a validated cluster config
+(dindind.base.clusterconfig) into Settings and back.
 """
 
 import ipaddress
 import json
 import secrets
 import string
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 CLUSTER_LABEL = "io.dindind.cluster"
 ROLE_LABEL = "io.dindind.role"
 API_PORT = 6443
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A path of the node's host (the host, or the cluster container when nested) mounted into the node."""
+
+    host_path: str
+    container_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """A port of the node's host forwarded to a port of the node."""
+
+    container_port: int
+    host_port: int = 0
+    listen_address: str = "127.0.0.1"
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What a cluster config says about one node."""
+
+    role: str
+    labels: tuple = ()              # ((key, value), ...), sorted by key
+    kubelet_extra_args: tuple = ()  # after the cluster's
+    kubeadm_patches: tuple = ()     # after the cluster's
+    extra_mounts: tuple = ()        # Mount
+    extra_port_mappings: tuple = ()  # PortMapping
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(role=d["role"], labels=tuple(tuple(kv) for kv in d.get("labels") or ()),
+                   kubelet_extra_args=tuple(d.get("kubelet_extra_args") or ()),
+                   kubeadm_patches=tuple(d.get("kubeadm_patches") or ()),
+                   extra_mounts=tuple(Mount(**m) for m in d.get("extra_mounts") or ()),
+                   extra_port_mappings=tuple(PortMapping(**p) for p in d.get("extra_port_mappings") or ()))
 
 
 @dataclass(frozen=True)
@@ -33,6 +76,7 @@ class Settings:
     kubeadm_patches: tuple = ()
     wait: int = 180
     retain: bool = False
+    nodes: tuple = ()       # NodeSpec, control plane first; () is one control plane and `workers` workers
 
     def to_json(self):
         return json.dumps(asdict(self), sort_keys=True)
@@ -42,7 +86,22 @@ class Settings:
         data = json.loads(text)
         data["kubelet_extra_args"] = tuple(data.get("kubelet_extra_args") or ())
         data["kubeadm_patches"] = tuple(data.get("kubeadm_patches") or ())
+        data["nodes"] = tuple(NodeSpec.from_dict(n) for n in data.get("nodes") or ())
         return cls(**data)
+
+    def __post_init__(self):
+        # one form per cluster: nodes with nothing of their own are just a worker count
+        nodes = tuple(self.nodes)
+        if nodes:
+            object.__setattr__(self, "workers", sum(1 for n in nodes if n.role == "worker"))
+            if nodes[0].role == "control-plane" and all(n == NodeSpec(n.role) for n in nodes) \
+                    and sum(1 for n in nodes if n.role == "control-plane") == 1:
+                nodes = ()
+        object.__setattr__(self, "nodes", nodes)
+
+    def node_specs(self):
+        """Every node's NodeSpec, the control plane first."""
+        return self.nodes or (NodeSpec("control-plane"),) + (NodeSpec("worker"),) * self.workers
 
 
 @dataclass(frozen=True)
@@ -52,6 +111,7 @@ class Node:
     index: int
     pod_cidr: str
     ip: str            # static, so routes and configs survive a restart
+    spec: NodeSpec = None
 
     @property
     def is_control_plane(self):
@@ -110,11 +170,58 @@ def pod_slices(pod_subnet, count):
 
 
 def make_plan(settings, token=None):
-    names = node_names(settings.name, settings.workers)
+    specs = settings.node_specs()
+    names = node_names(settings.name, len(specs) - 1)
     slices = pod_slices(settings.pod_subnet, len(names))
     hosts = ipaddress.ip_network(settings.node_subnet).hosts()
     next(hosts)  # the bridge's gateway
     ips = [str(next(hosts)) for _ in names]
-    nodes = tuple(Node(n, role, i, slices[i], ips[i]) for i, (n, role) in enumerate(names))
+    nodes = tuple(Node(n, role, i, slices[i], ips[i], specs[i]) for i, (n, role) in enumerate(names))
     return Plan(settings=settings, nodes=nodes, network=f"dindind-{settings.name}",
                 token=token or bootstrap_token())
+
+
+# ------------------------------------------------------------------ the cluster config <-> Settings
+
+def from_cluster_config(doc, defaults):
+    """Settings from a validated cluster config ``doc``; ``defaults`` gives what the file does not
+    say (node image, Kubernetes version, wait, retain, and the name when it has none)."""
+    net = doc["networking"]
+    nodes = ()
+    workers = 2
+    if doc["nodes"] is not None:
+        ordered = sorted(doc["nodes"], key=lambda n: n["role"] != "control-plane")   # stable: config order
+        nodes = tuple(NodeSpec(
+            role=n["role"], labels=tuple(sorted(n["labels"].items())),
+            kubelet_extra_args=tuple(n["kubeletExtraArgs"]), kubeadm_patches=tuple(n["kubeadmConfigPatches"]),
+            extra_mounts=tuple(Mount(m["hostPath"], m["containerPath"], m["readOnly"]) for m in n["extraMounts"]),
+            extra_port_mappings=tuple(PortMapping(p["containerPort"], p["hostPort"], p["listenAddress"],
+                                                  p["protocol"]) for p in n["extraPortMappings"]))
+            for n in ordered)
+        workers = sum(1 for n in nodes if n.role == "worker")
+    return replace(defaults, name=doc["name"] or defaults.name, workers=workers, nodes=nodes,
+                   pod_subnet=net["podSubnet"], service_subnet=net["serviceSubnet"], node_subnet=net["nodeSubnet"],
+                   api_address=net["apiServerAddress"], api_port=net["apiServerPort"],
+                   cni="none" if net["disableDefaultCNI"] else "default",
+                   kubelet_extra_args=tuple(doc["kubeletExtraArgs"]),
+                   kubeadm_patches=tuple(doc["kubeadmConfigPatches"]))
+
+
+def to_cluster_config(settings):
+    """The cluster config (plain data, apiVersion dindind.dev/v1alpha1) that asks for ``settings``."""
+    def node(spec):
+        return {"role": spec.role, "labels": dict(spec.labels), "kubeletExtraArgs": list(spec.kubelet_extra_args),
+                "kubeadmConfigPatches": list(spec.kubeadm_patches),
+                "extraMounts": [{"hostPath": m.host_path, "containerPath": m.container_path, "readOnly": m.read_only}
+                                for m in spec.extra_mounts],
+                "extraPortMappings": [{"containerPort": p.container_port, "hostPort": p.host_port,
+                                       "listenAddress": p.listen_address, "protocol": p.protocol}
+                                      for p in spec.extra_port_mappings]}
+
+    return {"apiVersion": "dindind.dev/v1alpha1", "kind": "Cluster", "name": settings.name,
+            "nodes": [node(n) for n in settings.node_specs()],
+            "networking": {"apiServerAddress": settings.api_address, "apiServerPort": settings.api_port,
+                           "podSubnet": settings.pod_subnet, "serviceSubnet": settings.service_subnet,
+                           "nodeSubnet": settings.node_subnet, "disableDefaultCNI": settings.cni == "none"},
+            "kubeletExtraArgs": list(settings.kubelet_extra_args),
+            "kubeadmConfigPatches": list(settings.kubeadm_patches)}

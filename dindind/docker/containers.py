@@ -80,21 +80,30 @@ def create_volume(name, labels):
     return engine.call(f"create volume {name}", engine.client().create_volume, name=name, labels=labels)["Name"]
 
 
+def _port(p):
+    """A container port as the engine names it: 6443 -> "6443/tcp"; "53/udp" stays."""
+    return p if isinstance(p, str) else f"{p}/tcp"
+
+
 def run_container(image, name, *, labels, command=None, entrypoint=None, hostname=None, network=None,
                   ip=None, volumes=None, tmpfs=None, ports=None, env=None, sysctls=None, privilege=None,
-                  cgroupns=None, stop_signal=None, restart=None, binds_ro=None, stop_timeout=None):
+                  cgroupns=None, stop_signal=None, restart=None, binds_ro=None, stop_timeout=None, mounts=None):
     """Create and start a container; return its id.
 
     ``volumes`` maps a volume name to a mount point; ``ports`` maps a container
-    port to ``(host address, host port)``; ``privilege`` is privilege_opts().
+    port (6443, or "53/udp") to ``(host address, host port)``; ``mounts`` is a
+    list of ``(host path, container path, read only)`` bind mounts (the source
+    must exist; any characters); ``privilege`` is privilege_opts().
     """
     api = engine.client()
     binds = {v: {"bind": p, "mode": "rw"} for v, p in (volumes or {}).items()}
     for src, dst in (binds_ro or {}).items():
         binds[src] = {"bind": dst, "mode": "ro"}
     hc = api.create_host_config(
-        binds=binds or None, tmpfs=tmpfs, port_bindings={f"{p}/tcp": (b[0],) if b[1] is None else b
+        binds=binds or None, tmpfs=tmpfs, port_bindings={_port(p): (b[0],) if b[1] is None else b
                                                          for p, b in (ports or {}).items()} or None,
+        mounts=[{"Type": "bind", "Source": src, "Target": dst, "ReadOnly": bool(ro)}
+                for src, dst, ro in mounts] if mounts else None,
         sysctls=sysctls, restart_policy=restart, network_mode=network, init=False, **(privilege or {}))
     if cgroupns:
         hc["CgroupnsMode"] = cgroupns
@@ -104,7 +113,8 @@ def run_container(image, name, *, labels, command=None, entrypoint=None, hostnam
     c = engine.call(f"create container {name}", api.create_container, image, command=command, entrypoint=entrypoint,
               name=name, hostname=hostname, labels=labels, environment=env, host_config=hc, tty=True,
               networking_config=netcfg, stop_signal=stop_signal, stop_timeout=stop_timeout,
-              ports=[int(p) for p in (ports or {})] or None,
+              ports=[(int(p.split("/")[0]), p.split("/")[1]) if isinstance(p, str) else int(p)
+                     for p in (ports or {})] or None,
               volumes=list((volumes or {}).values()) + list((binds_ro or {}).values()) or None)
     engine.call(f"start container {name}", api.start, c["Id"])
     return c["Id"]

@@ -62,12 +62,28 @@ NAME = {"name": "name", "long": "name", "type": _param(_name), "default": "",
         "help": "cluster name (default: cluster.name from the config, 'dindind')"}
 
 
+def _cluster_config(text):
+    """``--config FILE``: the cluster config, checked here (every problem) before the build runs."""
+    if not text:
+        return ""
+    import os
+
+    from dindind.base import clusterconfig
+
+    path = os.path.abspath(text)
+    try:
+        clusterconfig.load(path)
+    except DindindError as exc:
+        raise CmdParseError(exc.render().removeprefix("ERROR: ")) from None
+    return path
+
+
 @action
-def do_up(config_path, root, name, workers, retain, wait):
+def do_up(config_path, root, name, workers, retain, wait, cluster_config):
     from dindind.cluster import host
 
     cfg, lay = _ctx(config_path, root)
-    host.up(cfg, lay, name or None, workers, retain, wait)
+    host.up(cfg, lay, name or None, workers, retain, wait, config_file=cluster_config or None)
 
 
 @action
@@ -141,9 +157,13 @@ def do_e2e(config_path, root, name, focus, skip, parallel, flake_attempts, confo
 def cluster_tasks(config_path, root):
     args = (str(config_path) if config_path else None, str(root))
     common = {"uptodate": [False], "verbosity": 2}
-    yield {"basename": "cluster:up", "doc": "bring up a cluster: --name N --workers K [--retain] [--wait SECONDS]",
+    yield {"basename": "cluster:up",
+           "doc": "bring up a cluster: [--config FILE] --name N --workers K [--retain] [--wait SECONDS]",
            "actions": [(do_up, args)], "task_dep": ["build"], **common,
            "params": [NAME,
+                      {"name": "cluster_config", "long": "config", "type": _cluster_config, "default": "",
+                       "help": "a cluster config (apiVersion: dindind.dev/v1alpha1, kind: Cluster): nodes, "
+                               "labels, mounts, ports, network; instead of the build config's cluster keys"},
                       {"name": "workers", "long": "workers", "type": _int_option("--workers", "cluster.workers"),
                        "default": None,
                        "help": "worker nodes (default: cluster.workers, 2)"},

@@ -104,6 +104,8 @@ nodeRegistration:
     value: 127.0.0.1
   - name: provider-id
     value: dindind://sample-cp
+  - name: node-labels
+    value: "example.com/tier=front,zone=a"
   name: sample-cp
   taints: []
 ---
@@ -121,6 +123,7 @@ kind: JoinConfiguration
 nodeRegistration:
   kubeletExtraArgs:
     node-ip: 127.0.0.1
+    node-labels: example.com/tier=back
   name: @NAME@
 discovery:
   bootstrapToken:
@@ -140,6 +143,8 @@ nodeRegistration:
   kubeletExtraArgs:
   - name: node-ip
     value: 127.0.0.1
+  - name: node-labels
+    value: 'example.com/tier=back'
   name: "@NAME@"
 """,
 }
@@ -267,9 +272,16 @@ def test_manifest_and_flags(cluster):
     manifest = cluster["cp"].path("/etc/kubernetes/manifests/kube-apiserver.yaml").read_text()
     assert f"image: {sample.component_ref('kube-apiserver', VERSION)}\n" in manifest
     assert f"--secure-port={cluster['port']}," in manifest
-    for node in (cluster["cp"], cluster["worker"]):     # the names are not the hostname: kubeadm overrides it
+    # the names are not the hostname: kubeadm overrides it; then nodeRegistration.kubeletExtraArgs, in order
+    extra = {"v1beta3": ({"node-ip": "127.0.0.1", "node-labels": "name=not-this-one"},
+                         {"node-ip": "127.0.0.1", "node-labels": "example.com/tier=back"}),
+             "v1beta4": ({"node-ip": "127.0.0.1", "provider-id": "dindind://sample-cp",
+                          "node-labels": "example.com/tier=front,zone=a"},
+                         {"node-ip": "127.0.0.1", "node-labels": "example.com/tier=back"})}[cluster["api"]]
+    for node, args in zip((cluster["cp"], cluster["worker"]), extra):
         flags = node.path("/var/lib/kubelet/kubeadm-flags.env").read_text()
-        assert flags == f'KUBELET_KUBEADM_ARGS="--hostname-override={node.name}"\n'
+        wanted = " ".join([f"--hostname-override={node.name}"] + [f"--{k}={v}" for k, v in args.items()])
+        assert flags == f'KUBELET_KUBEADM_ARGS="{wanted}"\n'
 
 
 def _nodes(cluster, tmp_path, wait=10):
@@ -291,6 +303,13 @@ def test_every_node_ready(cluster, tmp_path):
     by_name = {n["metadata"]["name"]: n for n in body["items"]}
     assert by_name["sample-cp"]["metadata"]["labels"]["node-role.kubernetes.io/control-plane"] == ""
     assert "node-role.kubernetes.io/control-plane" not in by_name["sample-w1"]["metadata"]["labels"]
+    # the kubelet's --node-labels (kubeadm's kubeletExtraArgs) are on its Node, beside the well-known ones
+    cp_labels = {"v1beta3": {"name": "not-this-one"},
+                 "v1beta4": {"example.com/tier": "front", "zone": "a"}}[cluster["api"]]
+    assert by_name["sample-cp"]["metadata"]["labels"] == {
+        **cp_labels, "kubernetes.io/hostname": "sample-cp", "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+        "node-role.kubernetes.io/control-plane": ""}
+    assert by_name["sample-w1"]["metadata"]["labels"]["example.com/tier"] == "back"
     assert {n["status"]["nodeInfo"]["kubeletVersion"] for n in body["items"]} == {VERSION}
     ctx = _client(tmp_path, _kubeconfig(cluster["cp"], "admin.conf"))
     code, node = _call(f"{cluster['url']}/api/v1/nodes/sample-w1", ctx)

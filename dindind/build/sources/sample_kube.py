@@ -7,15 +7,17 @@ just enough for a sample cluster to come up and pass dindind's readiness check:
 
 * kubeadm init --config F: a CA, the API server's certificate, admin.conf and
   kubelet.conf with real client certificates, and a static-pod manifest that
-  only tells the sample kubelet to serve the API stand-in; restarts the kubelet
-  and waits for /readyz.
+  only tells the sample kubelet to serve the API stand-in; writes
+  nodeRegistration.kubeletExtraArgs to kubeadm-flags.env as the real one does,
+  restarts the kubelet and waits for /readyz.
 * kubeadm join --config F: cluster-info discovery (the server is never
   verified, as with unsafeSkipCAVerification), TLS bootstrap with the token,
   kubelet.conf; restarts the kubelet and waits for its first heartbeat.
 * kubeadm reset: stops the kubelet and removes what init and join wrote.
 * kubelet: exits 1 until kubelet.conf exists (systemd restarts it, as the real
   one crash-loops before kubeadm); serves the API stand-in if the manifest is
-  there; sends the node heartbeat every 5 s. No pods, containers or CNI:
+  there; sends the node heartbeat every 5 s, with its --node-labels (kept
+  from the first heartbeat, as a kubelet labels its Node when it registers). No pods, containers or CNI:
   "Ready" means only "its kubelet sent a heartbeat less than 40 s ago".
 * the API stand-in answers /readyz /livez /healthz /version, cluster-info,
   node CSRs (bootstrap token), node status PUT (node certificate) and node GET
@@ -194,10 +196,21 @@ def call(url, ctx, method="GET", body=None, headers=None):
 
 # ---------------------------------------------------------------- kubeadm
 
-def restart_kubelet(name):
-    """kubeadm's kubelet-start: the flags file (--hostname-override only if needed), then a restart."""
-    override = "" if name == socket.gethostname().lower() else f"--hostname-override={name}"
-    write(f"{KUBELET_DIR}/kubeadm-flags.env", f'KUBELET_KUBEADM_ARGS="{override}"\n')
+def kubelet_extra_args(doc):
+    """nodeRegistration.kubeletExtraArgs of a kubeadm document: [(flag, value)] from v1beta4's list of
+    name/value or v1beta3's mapping."""
+    block = under(under(doc, "nodeRegistration"), "kubeletExtraArgs")
+    pairs = re.findall(r"(?m)^- name:[ \t]*(\S+)[ \t]*\n[ \t]+value:[ \t]*(.*?)[ \t]*$", block) \
+        or re.findall(r"(?m)^([A-Za-z0-9-]+):[ \t]*(.*?)[ \t]*$", block)
+    return [(k.strip("'\""), v.strip("'\"")) for k, v in pairs]
+
+
+def restart_kubelet(name, doc):
+    """kubeadm's kubelet-start: the flags file (--hostname-override only if needed, then the
+    document's kubeletExtraArgs, as the real kubeadm writes them), then a restart."""
+    args = [] if name == socket.gethostname().lower() else [f"--hostname-override={name}"]
+    args += [f"--{k}={v}" for k, v in kubelet_extra_args(doc)]
+    write(f"{KUBELET_DIR}/kubeadm-flags.env", f'KUBELET_KUBEADM_ARGS="{" ".join(args)}"\n')
     subprocess.run([*SYSTEMCTL, "restart", "kubelet"], check=False)
 
 
@@ -258,7 +271,7 @@ spec:
 """)
     write(f"{NODES}/{name}.json", json.dumps({"name": name, "controlPlane": True, "heartbeat": 0}))
     print("[certs] [kubeconfig] [control-plane] written; [kubelet-start] restarting the kubelet")
-    restart_kubelet(name)
+    restart_kubelet(name, ic)
     ctx = ssl.create_default_context(cadata=ca.decode())
     url = f"https://127.0.0.1:{port}/readyz"
     wait_for(url, 60, lambda: urllib.request.urlopen(url, context=ctx, timeout=2).status == 200)
@@ -296,7 +309,7 @@ def join(args):
     if os.path.exists(MARKER):
         os.unlink(MARKER)
     print("[kubelet-start] restarting the kubelet, waiting for its first heartbeat")
-    restart_kubelet(name)
+    restart_kubelet(name, jc)
     wait_for("the kubelet's first heartbeat", 30, lambda: os.path.exists(MARKER))
     print("\nThis node has joined the cluster\n(dindind sample: this is NOT Kubernetes)")
     return 0
@@ -350,7 +363,8 @@ def nodes():
 
 def node_json(rec):
     ready = time.time() - rec.get("heartbeat", 0) < READY_WITHIN
-    labels = {"kubernetes.io/hostname": rec["name"], "kubernetes.io/os": "linux", "kubernetes.io/arch": BUILD["arch"]}
+    labels = {**rec.get("labels", {}), "kubernetes.io/hostname": rec["name"], "kubernetes.io/os": "linux",
+              "kubernetes.io/arch": BUILD["arch"]}
     labels.update({"node-role.kubernetes.io/control-plane": ""} if rec.get("controlPlane") else {})
     beat = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.get("heartbeat", 0)))
     return {"kind": "Node", "apiVersion": "v1", "metadata": {"name": rec["name"], "labels": labels},
@@ -406,9 +420,14 @@ class API(BaseHTTPRequestHandler):
         if m and m[2] and method == "PUT" and NODE_NAME.fullmatch(m[1]):
             if user != f"system:node:{m[1]}" or "system:nodes" not in orgs:
                 return self.status(403, "Forbidden", f'User "{user}" cannot update the status of node "{m[1]}"')
-            version = dig(json.loads(self.data or b"{}"), "status", "nodeInfo", "kubeletVersion") or VERSION
+            body = json.loads(self.data or b"{}")
+            version = dig(body, "status", "nodeInfo", "kubeletVersion") or VERSION
+            labels = dig(body, "metadata", "labels") or {}
+            if not (isinstance(labels, dict) and all(isinstance(v, str) for v in [*labels, *labels.values()])):
+                return self.status(400, "BadRequest", "metadata.labels must map strings to strings")
             with self.lock:
                 rec = {**nodes().get(m[1], {"name": m[1]}), "heartbeat": time.time(), "kubeletVersion": version}
+                rec.setdefault("labels", labels)      # as kubelet's --node-labels: set when the node registers
                 write(f"{NODES}/{m[1]}.json", json.dumps(rec))
             return self.reply(200, node_json(rec))
         if m and method == "GET" and not m[2]:
@@ -493,7 +512,8 @@ def kubelet(args):
     write(CLIENT_PEM, kc["cert"] + kc["key"], 0o600)
     ctx = ssl.create_default_context(cadata=kc["ca"].decode())
     ctx.load_cert_chain(CLIENT_PEM)
-    body = {"kind": "Node", "apiVersion": "v1", "metadata": {"name": name},
+    labels = dict(kv.split("=", 1) for kv in (flag(args, "node-labels") or "").split(",") if "=" in kv)
+    body = {"kind": "Node", "apiVersion": "v1", "metadata": {"name": name, "labels": labels},
             "status": {"nodeInfo": {"kubeletVersion": VERSION}}}
     log(f"node {name}: heartbeat to {kc['server']} every {HEARTBEAT_EVERY} s")
     last = None

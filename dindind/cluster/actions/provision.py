@@ -36,8 +36,16 @@ def node_run_args(ctx, node):
     )
     if os.path.isdir("/lib/modules"):
         kw["binds_ro"] = {"/lib/modules": "/lib/modules"}
-    if node.is_control_plane and ctx.publish:
-        kw["ports"] = {API_PORT: ctx.publish}
+    ports = {API_PORT: ctx.publish} if node.is_control_plane and ctx.publish else {}
+    spec = node.spec or plan.settings.node_specs()[node.index]
+    # the cluster config's extraPortMappings and extraMounts: from this engine's host (nested: the
+    # cluster container, which the host side gave the same ports and paths) to the node
+    for p in spec.extra_port_mappings:
+        ports[f"{p.container_port}/{p.protocol.lower()}"] = (p.listen_address, p.host_port or None)
+    if ports:
+        kw["ports"] = ports
+    if spec.extra_mounts:
+        kw["mounts"] = [(m.host_path, m.container_path, m.read_only) for m in spec.extra_mounts]
     return kw
 
 

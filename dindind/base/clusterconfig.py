@@ -1,0 +1,370 @@
+"""The versioned cluster config: ``apiVersion: dindind.dev/v1alpha1``, ``kind: Cluster``.
+
+What one cluster looks like - its nodes with their roles, labels, kubelet
+arguments, kubeadm patches, mounts and ports, and its network - in a file of
+its own beside the build config, after kind's v1alpha4 Cluster. ``doit
+cluster:up --config FILE`` reads it, and so does the cluster image
+(``--config FILE`` or ``--config-json JSON`` after the image).
+
+It is declared once, in :data:`SPEC`, with the build config's Field
+machinery (dindind.base.config): the same declaration gives the validator
+(every problem at once, each with its key path), the defaults and
+``config/cluster.schema.json`` (``python -m dindind schema cluster``; a test
+keeps the committed copy equal to it). The text is decoded as hostile input
+exactly as the build config is (dindind.base.yamlsafe).
+
+``apiVersion`` and ``kind`` are read first: an unknown one is refused naming
+the known ones, and nothing else is judged (the rest is that version's shape).
+
+The build config's ``cluster:`` keys that describe the same things
+(:data:`LEGACY_KEYS`) keep working; :func:`deprecation` is the one line that
+says so when a config changes them.
+"""
+
+import json
+import os
+import posixpath
+import re
+from pathlib import Path
+
+from dindind.base import config
+from dindind.base.config import ARG_RE, NAME_FMT, NAME_RE, Field
+from dindind.base.errors import ConfigError
+
+HINT = "fix the keys above; config/cluster.schema.json describes every key (README: Cluster config)"
+from dindind.base.yamlsafe import MAX_BYTES, decode, show, text as _text
+
+API_GROUP = "dindind.dev"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+KIND = "Cluster"
+KNOWN = {API_VERSION: (KIND,)}          # apiVersion -> the kinds it has
+SCHEMA_PATH = config.ROOT / "config" / "cluster.schema.json"
+
+ROLES = ("control-plane", "worker")
+MAX_WORKERS = config.int_range("cluster.workers")[1]
+# the longest argument a Linux exec takes (MAX_ARG_STRLEN is 32 pages): --config-json stays well below
+MAX_JSON = 100_000
+
+# ------------------------------------------------------------------ value rules
+
+_NAME63 = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LABEL_KEY_RE = rf"^({_DNS_SUBDOMAIN}/)?{_NAME63}$"
+LABEL_KEY_FMT = "a label key: [PREFIX/]NAME, NAME up to 63 letters, digits, '-', '_' or '.', PREFIX a DNS subdomain"
+LABEL_VALUE_RE = rf"^{_NAME63}?$"
+LABEL_VALUE_FMT = "a label value: up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+
+# The labels a kubelet may set on its own Node (--node-labels) in the kubernetes.io and k8s.io
+# namespaces (k8s.io/kubelet/pkg/apis/well_known_labels.go): any other key there makes it refuse to start.
+KUBELET_LABELS = ("kubernetes.io/hostname", "kubernetes.io/os", "kubernetes.io/arch", "beta.kubernetes.io/os",
+                  "beta.kubernetes.io/arch", "beta.kubernetes.io/instance-type", "node.kubernetes.io/instance-type",
+                  "topology.kubernetes.io/zone", "topology.kubernetes.io/region",
+                  "failure-domain.beta.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/region")
+KUBELET_LABEL_NAMESPACES = ("kubelet.kubernetes.io", "node.kubernetes.io")
+
+# where dindind itself mounts something in a node (dindind.cluster.actions.provision): not for extraMounts
+RESERVED_PATHS = ("/", "/run", "/run/lock", "/tmp", "/var/lib/kubelet", "/var/log", "/lib/modules",
+                  "/sys/fs/cgroup", "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs")
+# kubelet arguments dindind writes itself (kubeadm's nodeRegistration.kubeletExtraArgs)
+OWN_KUBELET_ARGS = {"node-ip": "dindind sets each node's address", "provider-id": "dindind sets it per node",
+                    "node-labels": "write the node's labels under labels: (KEY: VALUE)"}
+
+
+def _in_namespace(namespace, domain):
+    return namespace == domain or namespace.endswith("." + domain)
+
+
+def _label_key(key):
+    """None, or why kubelet would refuse ``key`` in --node-labels (its kubernetes.io/k8s.io rule)."""
+    namespace = key.split("/", 1)[0] if "/" in key else ""
+    if len(namespace) > 253:
+        return "has a prefix longer than 253 characters"
+    restricted = _in_namespace(namespace, "kubernetes.io") or _in_namespace(namespace, "k8s.io")
+    if restricted and key not in KUBELET_LABELS and \
+            not any(_in_namespace(namespace, ns) for ns in KUBELET_LABEL_NAMESPACES):
+        return ("is in the kubernetes.io/k8s.io namespace, where kubelet sets only "
+                f"{', '.join(n + '/*' for n in KUBELET_LABEL_NAMESPACES)} and a few well-known keys "
+                "(it would refuse to start): use a prefix of your own, e.g. example.com/role")
+    return None
+
+
+def _abs_path(value):
+    if "\n" in value or "\x00" in value:
+        return "must not contain newlines or NUL"
+    if not value.startswith("/"):
+        return "is not an absolute path"
+    if posixpath.normpath(value) in RESERVED_PATHS:
+        return "is where dindind mounts something itself; choose another path"
+    return None
+
+
+def _host_path(value):
+    if "\n" in value or "\x00" in value:
+        return "must not contain newlines or NUL"
+    return None
+
+
+NODE = {
+    "role": Field("string", None, required=True, enum=list(ROLES),
+                  doc="control-plane (exactly one for now) or worker"),
+    "labels": Field("object", {}, keys=Field("string", pattern=LABEL_KEY_RE, fmt=LABEL_KEY_FMT, check=_label_key),
+                    values=Field("string", pattern=LABEL_VALUE_RE, fmt=LABEL_VALUE_FMT),
+                    doc="labels of the node's Node object (kubelet's --node-labels)"),
+    "kubeletExtraArgs": Field("array", [], items=Field("string", pattern=ARG_RE, fmt="--flag=value"),
+                              doc="kubelet arguments of this node, after the cluster's (a flag given in both: "
+                                  "this node's value)"),
+    "kubeadmConfigPatches": Field("array", [], items=Field("object", check=config._kubeadm_patch),
+                                  doc="mappings deep-merged into this node's kubeadm document of the same kind, "
+                                      "after the cluster's patches"),
+    "extraMounts": Field("array", [], doc="host paths mounted into the node (nested: through the cluster "
+                                          "container)", items=Field("object", fields={
+        "hostPath": Field("string", None, required=True, check=_host_path,
+                          doc="a file or folder on the host (relative: to the config file); must exist"),
+        "containerPath": Field("string", None, required=True, check=_abs_path, doc="where it appears in the node"),
+        "readOnly": Field("boolean", False),
+    })),
+    "extraPortMappings": Field("array", [], doc="host ports forwarded to a port of the node (nested: through "
+                                                "the cluster container)", items=Field("object", fields={
+        "containerPort": Field("integer", None, required=True, minimum=1, maximum=65535),
+        "hostPort": Field("integer", 0, minimum=0, maximum=65535, doc="0: a free port, picked at cluster:up"),
+        "listenAddress": Field("string", "127.0.0.1", check=config._ip,
+                               doc="the host address it listens on (anything but loopback prints a warning)"),
+        "protocol": Field("string", "TCP", enum=["TCP", "UDP"]),
+    })),
+}
+
+SPEC = {
+    "apiVersion": Field("string", None, required=True, enum=[API_VERSION]),
+    "kind": Field("string", None, required=True, enum=[KIND]),
+    "name": Field("string", None, nullable=True, pattern=NAME_RE, fmt=NAME_FMT,
+                  doc="the cluster name (--name wins); default: the build config's cluster.name"),
+    "nodes": Field("array", None, nullable=True, items=Field("object", fields=NODE),
+                   doc="the nodes, one control-plane and up to 10 workers; default: a control plane and "
+                       "two workers (--workers N: N workers)"),
+    "networking": Field("object", None, fields={
+        "apiServerAddress": Field("string", "127.0.0.1", check=config._ip,
+                                  doc="host address the API server is published on"),
+        "apiServerPort": Field("integer", 0, minimum=0, maximum=65535, doc="0: a free port, picked at cluster:up"),
+        "podSubnet": Field("string", "10.244.0.0/16", check=config._cidr, doc="each node gets a /24 of it"),
+        "serviceSubnet": Field("string", "10.96.0.0/16", check=config._cidr),
+        "nodeSubnet": Field("string", "172.30.0.0/24", check=config._cidr,
+                            doc="the bridge network the node containers live on"),
+        "disableDefaultCNI": Field("boolean", False, doc="true: no pod network is installed; bring your own"),
+    }),
+    "kubeletExtraArgs": Field("array", [], items=Field("string", pattern=ARG_RE, fmt="--flag=value"),
+                              doc="kubelet arguments of every node"),
+    "kubeadmConfigPatches": Field("array", [], items=Field("object", check=config._kubeadm_patch),
+                                  doc="mappings deep-merged into the kubeadm document of the same kind, every node"),
+}
+
+# The build config's cluster keys this file replaces: build key -> where it lives here.
+LEGACY_KEYS = {"workers": "nodes", "pod_subnet": "networking.podSubnet",
+               "service_subnet": "networking.serviceSubnet", "node_subnet": "networking.nodeSubnet",
+               "api_address": "networking.apiServerAddress", "api_port": "networking.apiServerPort",
+               "cni": "networking.disableDefaultCNI", "kubelet_extra_args": "kubeletExtraArgs",
+               "kubeadm_patches": "kubeadmConfigPatches"}
+
+
+# ------------------------------------------------------------------ checks across keys
+
+def _arg_problems(where, args, problems):
+    seen = set()
+    for i, arg in enumerate(args or ()):
+        if arg is None:
+            continue
+        flag = arg[2:].partition("=")[0]
+        if flag in OWN_KUBELET_ARGS:
+            problems.append(f"{where}[{i}]: {show(arg)}: {OWN_KUBELET_ARGS[flag]}")
+        elif flag in seen:
+            problems.append(f"{where}[{i}]: --{flag} is given twice")
+        seen.add(flag)
+
+
+def _resolve(base_dir, path):
+    """A hostPath made absolute (relative: to the config file's folder), normalized, links kept."""
+    return os.path.normpath(os.path.join(str(base_dir), path)) if base_dir else os.path.normpath(path)
+
+
+def _exists(path):
+    try:
+        return os.path.exists(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _cross_check(v, base_dir, check_paths, problems):
+    nodes = v["nodes"]
+    if nodes is not None:
+        roles = [n["role"] for n in nodes if n is not None]
+        planes = roles.count("control-plane")
+        if planes == 0:
+            problems.append("nodes: no node has role: control-plane; a cluster needs one")
+        elif planes > 1:
+            problems.append(f"nodes: {planes} control-plane nodes: more than one control plane (HA) is not "
+                            "supported yet; keep one")
+        if roles.count("worker") > MAX_WORKERS:
+            problems.append(f"nodes: {roles.count('worker')} workers: at most {MAX_WORKERS}")
+    _arg_problems("kubeletExtraArgs", v["kubeletExtraArgs"], problems)
+    net = v["networking"] or {}
+    config.subnet_problems({f"networking.{k}": net.get(k) for k in ("podSubnet", "serviceSubnet", "nodeSubnet")},
+                           "networking.podSubnet", problems)
+    binds = {}        # (protocol, host port) -> [(listen address, key path)]
+    for i, node in enumerate(nodes or ()):
+        if node is None:
+            continue
+        where = f"nodes[{i}]"
+        _arg_problems(f"{where}.kubeletExtraArgs", node["kubeletExtraArgs"], problems)
+        targets = set()
+        for j, m in enumerate(node["extraMounts"] or ()):
+            if m is None or m["hostPath"] is None or m["containerPath"] is None:
+                continue
+            mwhere = f"{where}.extraMounts[{j}]"
+            target = posixpath.normpath(m["containerPath"])
+            if target in targets:
+                problems.append(f"{mwhere}.containerPath: {show(m['containerPath'])} is mounted twice in this node")
+            targets.add(target)
+            if base_dir is None and not m["hostPath"].startswith("/"):
+                problems.append(f"{mwhere}.hostPath: {show(m['hostPath'])} must be absolute (the config has no "
+                                "file to be relative to)")
+                continue
+            path = _resolve(base_dir, m["hostPath"])
+            if check_paths and not _exists(path):
+                problems.append(f"{mwhere}.hostPath: {show(path)} does not exist")
+            m["hostPath"], m["containerPath"] = path, target
+        ports = set()
+        for j, p in enumerate(node["extraPortMappings"] or ()):
+            if p is None or p["containerPort"] is None:
+                continue
+            pwhere = f"{where}.extraPortMappings[{j}]"
+            if (p["containerPort"], p["protocol"]) in ports:
+                problems.append(f"{pwhere}: containerPort {p['containerPort']}/{p['protocol']} of this node is "
+                                "mapped twice")
+            ports.add((p["containerPort"], p["protocol"]))
+            if p["hostPort"]:
+                binds.setdefault((p["protocol"], p["hostPort"]), []).append((p["listenAddress"], pwhere))
+    if net.get("apiServerPort"):
+        binds.setdefault(("TCP", net["apiServerPort"]), []).insert(
+            0, (net.get("apiServerAddress"), "networking.apiServerPort"))
+    for (protocol, port), users in binds.items():
+        for k, (address, where) in enumerate(users):
+            clash = next((w for a, w in users[:k] if a == address or "0.0.0.0" in (a, address)
+                          or "::" in (a, address)), None)
+            if clash:
+                problems.append(f"{where}: {address}:{port}/{protocol} is taken by {clash} already")
+
+
+# ------------------------------------------------------------------ reading
+
+def _error(path, problems):
+    exc = ConfigError(path, problems)
+    exc.message = f"invalid cluster config {path}: {len(exc.problems)} problem(s)"
+    exc.hint = HINT
+    return exc
+
+
+def _version_problems(data):
+    """Problems with apiVersion/kind (then nothing else is judged), or []."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        return [f"(top level): expected a mapping, got {type(data).__name__}"]
+    api, kind = data.get("apiVersion"), data.get("kind")
+    known = ", ".join(f"apiVersion: {a} with kind: {' or '.join(k)}" for a, k in KNOWN.items())
+    if api is None and kind is None:
+        hint = " (this looks like a build config: give it with `doit config=FILE`)" \
+            if {"kubernetes", "cluster", "node", "base"} & set(data) else ""
+        return [f"(top level): no apiVersion and kind: a cluster config starts with apiVersion: {API_VERSION} "
+                f"and kind: {KIND}{hint}"]
+    if api not in KNOWN:
+        return [f"apiVersion: {show(api)} is not known (known: {known})"]
+    if kind not in KNOWN[api]:
+        return [f"kind: {show(kind)} is not a kind of {api} (known: {known})"]
+    return []
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def parse(text, path, base_dir=None, check_paths=True):
+    """The validated, defaulted cluster config (plain JSON data) of ``text``; else a ConfigError
+    listing every problem. ``base_dir``: the folder relative hostPaths start from (None: they must
+    be absolute); ``check_paths``: every hostPath must exist (here, where the nodes are created)."""
+    path = Path(path)
+    data, problems = decode(path, text)
+    version = _version_problems(data)
+    if version:
+        raise _error(path, version + problems)
+    values = config._check_fields("", SPEC, data, problems)
+    if values["networking"] is None:
+        values["networking"] = config._check_fields("networking", SPEC["networking"].fields, {}, problems)
+    values = _plain(values)
+    _cross_check(values, base_dir, check_paths, problems)
+    if problems:
+        raise _error(path, problems)
+    return values
+
+
+def load(path):
+    """The cluster config in the file ``path`` (relative hostPaths start at its folder)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise _error(path, [f"cannot read the cluster config: {exc.strerror}"]) from None
+    return parse(_text(path, data), path, base_dir=path.resolve().parent)
+
+
+def from_json(text, what="--config-json"):
+    """The cluster config given as one JSON text (a command-line argument); hostPaths must be absolute."""
+    if len(text) > MAX_JSON:
+        raise _error(Path(what), [f"(top level): {len(text)} characters, more than the {MAX_JSON} an "
+                                  "argument may carry; mount the file and use --config FILE"])
+    return parse(text, Path(what), base_dir=None)
+
+
+def to_json(doc):
+    """The one-line JSON of a cluster config (what cluster:up passes to the cluster image)."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    if len(text) > MAX_JSON:
+        raise _error(Path("cluster config"), [f"(top level): {len(text)} characters as JSON, more than "
+                                              f"the {MAX_JSON} an argument may carry"])
+    return text
+
+
+def deprecation(cfg, with_config=False):
+    """One line when the build config ``cfg`` changes a cluster key this file replaces, else None.
+    ``with_config``: a cluster config was given too, so those keys are not used."""
+    changed = [k for k in LEGACY_KEYS
+               if _plain(cfg.cluster[k]) != _plain(config.SPEC["cluster"][k].default)]
+    if not changed:
+        return None
+    keys = ", ".join(f"cluster.{k}" for k in changed)
+    if with_config:
+        return (f"NOTE: the build config's {keys} {'is' if len(changed) == 1 else 'are'} not used: "
+                "the cluster config says what the cluster looks like")
+    where = ", ".join(f"{LEGACY_KEYS[k]}" for k in changed)
+    return (f"DEPRECATED: the build config's {keys}: write {'it' if len(changed) == 1 else 'them'} in a cluster "
+            f"config ({API_VERSION} Cluster: {where}) and give it with `doit cluster:up --config FILE`")
+
+
+# ------------------------------------------------------------------ JSON Schema
+
+def json_schema():
+    """The JSON Schema (draft 2020-12) of the cluster config, derived from SPEC."""
+    s = config.object_schema(SPEC)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://dindind.invalid/cluster.schema.json",
+        "title": f"dindind cluster configuration ({API_VERSION} {KIND})",
+        **s,
+    }
+
+
+def looks_versioned(text):
+    """Whether a config text names an apiVersion at the top level (a cluster config, not a build config)."""
+    return re.search(r"(?m)^apiVersion\s*:", text) is not None
