@@ -1,4 +1,5 @@
-"""Merging a cluster into the user's kubeconfig and removing it again (dindind.cluster.kubeconfig)."""
+"""Merging a cluster into the user's kubeconfig and removing it again (dindind.cluster.kubeconfig),
+and the host side of cluster:down --all / cluster:kubeconfig that needs no engine."""
 
 import multiprocessing
 import os
@@ -11,8 +12,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
+from dindind.base import config as config_mod
+from dindind.base import layout as layout_mod
 from dindind.base.errors import DindindError
-from dindind.cluster import api
+from dindind.cluster import access, api, host
 from dindind.cluster import kubeconfig as kc
 
 # what kubeadm writes (admin.conf), its server already the published address
@@ -348,3 +351,108 @@ def test_merge_then_remove_round_trips_any_other_content(tmp_path_factory, extra
     assert previous == "mine"
     assert kc.remove_from(path, "t1", previous)
     assert canon(path) == before
+
+
+# ---------------------------------------------------------------- host side without an engine
+
+@pytest.fixture
+def cfg():
+    return config_mod.load(None)
+
+
+def test_internal_and_merge_together_are_refused_before_the_engine_is_asked(cfg, tmp_path):
+    with pytest.raises(DindindError, match="--internal and --merge cannot be combined"):
+        access.kubeconfig(cfg, layout_mod.Layout(tmp_path), "t1", internal=True, merge=True)
+
+
+def test_all_and_name_together_are_refused(cfg, tmp_path):
+    with pytest.raises(DindindError, match="--all and --name cannot be combined"):
+        host.down(cfg, layout_mod.Layout(tmp_path), "t1", all=True)
+
+
+class FakeEngine:
+    """What host.down asks of dindind.docker.containers, over a list of labelled objects."""
+
+    def __init__(self, objects):
+        self.objects = objects          # (kind, id, labels)
+        self.removed = []
+
+    def _match(self, kind, labels):
+        out = []
+        for k, ident, have in self.objects:
+            if k == kind and all(key in have and (v is None or have[key] == v) for key, v in labels.items()):
+                out.append({"Id": ident, "Name": ident, "Labels": have})
+        return out
+
+    def containers(self, labels, all=True):
+        return self._match("container", labels)
+
+    def volumes(self, labels):
+        return self._match("volume", labels)
+
+    def networks(self, labels):
+        return self._match("network", labels)
+
+    def _remove(self, kind):
+        def remove(ident, **_):
+            self.removed.append((kind, ident))
+            self.objects = [o for o in self.objects if (o[0], o[1]) != (kind, ident)]
+        return remove
+
+
+def test_down_all_removes_every_cluster_nested_or_not_and_their_merged_entries(cfg, tmp_path, monkeypatch):
+    L = "io.dindind.cluster"
+    R = "io.dindind.role"
+    fake = FakeEngine([
+        ("container", "dindind-nest", {L: "nest", R: "cluster"}),         # nested: its nodes are inside
+        ("volume", "dindind-nest-docker", {L: "nest", R: "volume"}),
+        ("container", "flat-control-plane", {L: "flat", R: "control-plane"}),
+        ("container", "flat-worker", {L: "flat", R: "worker"}),
+        ("volume", "flat-control-plane-var", {L: "flat"}),
+        ("network", "dindind-flat", {L: "flat"}),
+        ("volume", "orphan-var", {L: "orphan"}),                            # a half-removed cluster
+        ("network", "odd-net", {L: "Not A Name!"}),                         # removed by label, nothing else
+        ("container", "someone-else", {"other": "x"}),
+    ])
+    for fn in ("containers", "volumes", "networks"):
+        monkeypatch.setattr(host.containers, fn, getattr(fake, fn))
+    monkeypatch.setattr(host.containers, "remove_container", fake._remove("container"))
+    monkeypatch.setattr(host.containers, "remove_volume", fake._remove("volume"))
+    monkeypatch.setattr(host.containers, "remove_network", fake._remove("network"))
+    lay = layout_mod.Layout(tmp_path)
+    kubeconfig = tmp_path / "kube" / "config"
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    kubeconfig.parent.mkdir()
+    kubeconfig.write_text(EXISTING)
+    for name in ("nest", "flat"):
+        kc.merge_into(kubeconfig, SOURCE, name)
+        (lay.cluster(name) / "logs").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    kc.record(lay.cluster("flat"), elsewhere, "prod")
+    kc.merge_into(elsewhere, SOURCE, "flat")
+    lines = []
+    assert host.down(cfg, lay, all=True, out=lines.append) == ["Not A Name!", "flat", "nest", "orphan"]
+    assert fake.objects == [("container", "someone-else", {"other": "x"})]
+    assert not lay.clusters.exists() or list(lay.clusters.iterdir()) == []
+    doc = kc.read(kubeconfig)
+    assert names(doc, "clusters") == ["prod", "odd"] and doc["current-context"] == ""
+    assert names(kc.read(elsewhere), "clusters") == []
+    assert any(line.startswith("removed cluster flat: 2 container(s), 1 volume(s), 1 network(s); its kubeconfig "
+                               "entries from ") and str(elsewhere) in line for line in lines), lines
+    lines.clear()
+    assert host.down(cfg, lay, all=True, out=lines.append) == [] and lines == ["no dindind clusters"]
+
+
+def test_down_warns_about_a_kubeconfig_it_cannot_change_and_still_removes_the_cluster(cfg, tmp_path, monkeypatch):
+    fake = FakeEngine([("container", "c1", {"io.dindind.cluster": "one"})])
+    for fn in ("containers", "volumes", "networks"):
+        monkeypatch.setattr(host.containers, fn, getattr(fake, fn))
+    monkeypatch.setattr(host.containers, "remove_container", fake._remove("container"))
+    bad = tmp_path / "config"
+    bad.write_bytes(b"- not: a kubeconfig\n")
+    monkeypatch.setenv("KUBECONFIG", str(bad))
+    lines = []
+    host.down(cfg, layout_mod.Layout(tmp_path), "one", out=lines.append)
+    assert fake.objects == [] and bad.read_bytes() == b"- not: a kubeconfig\n"
+    assert lines[0].startswith(f"WARNING: {bad} is not a kubeconfig dindind can change: (top level): a list")
+    assert lines[1] == "removed cluster one: 1 container(s), 0 volume(s), 0 network(s)"
