@@ -167,12 +167,12 @@ def read(path):
     return parse(path, data)
 
 
-def _canon(value):
+def meaning(value):
     """``value`` as what it means: every scalar as (tag, text)."""
     if isinstance(value, dict):
-        return {_canon(k): _canon(v) for k, v in value.items()}
+        return {meaning(k): meaning(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_canon(v) for v in value]
+        return [meaning(v) for v in value]
     if isinstance(value, Scalar):
         return (value.tag, str(value))
     if isinstance(value, str):
@@ -185,7 +185,7 @@ def dump(path, doc):
     try:
         data = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True,
                          width=1 << 30).encode("utf-8")
-        problem = None if _canon(parse(path, data)) == _canon(doc) else "the result would read differently"
+        problem = None if meaning(parse(path, data)) == meaning(doc) else "the result would read differently"
     except (yaml.YAMLError, UnicodeEncodeError) as exc:
         problem = str(exc)
     except DindindError as exc:

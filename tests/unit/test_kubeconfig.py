@@ -69,7 +69,7 @@ x-unknown-top-level: [1, two, {three: 3}]
 
 
 def canon(path):
-    return kc._canon(kc.read(path))
+    return kc.meaning(kc.read(path))
 
 
 def names(doc, section):
@@ -117,7 +117,7 @@ def test_merge_keeps_every_other_entry_and_value_exactly(existing):
     ctx = next(c for c in after["contexts"] if c["name"] == "dindind-t1")["context"]
     assert ctx == {"cluster": "dindind-t1", "user": "dindind-t1"}
     # the others, scalar by scalar with their tags: 0123 stays an octal int, 'on' a string, on a bool ...
-    got = kc._canon(after)
+    got = kc.meaning(after)
     for key in ("preferences", "x-unknown-top-level", "apiVersion", "kind"):
         assert got[(kc.STR, key)] == before[(kc.STR, key)]
     for section in ("clusters", "contexts", "users"):
@@ -187,8 +187,9 @@ def test_the_record_keeps_each_file_and_the_first_previous_context(tmp_path):
     kc.record(d, "/k/one", None)
     kc.record(d, "/k/two", None)
     assert kc.recorded(d) == {Path("/k/one"): "prod", Path("/k/two"): None}
-    (d / kc.RECORD).write_text('{"merged": [{"path": "relative"}, {"path": 3}, {"path": "/ok", "previous_context": 1}]}')
-    assert kc.recorded(d) == {}
+    (d / kc.RECORD).write_text('{"merged": [{"path": "relative"}, {"path": 3}, '
+                               '{"path": "/ok", "previous_context": 1}, {"path": "/good"}]}')
+    assert kc.recorded(d) == {Path("/good"): None}
     (d / kc.RECORD).write_text("not json")
     assert kc.recorded(d) == {}
 
