@@ -44,7 +44,7 @@ deb_cri_tools = build_tasks.CriTools(CONFIG, ROOT)
 
 
 def task_cluster():
-    """Clusters: cluster:up, cluster:down, cluster:status, cluster:kubeconfig, cluster:logs, cluster:load, cluster:e2e."""
+    """Clusters: cluster:up, down, stop, start, status, nodes, kubeconfig, logs, load, e2e."""
     yield from _CLUSTER
 
 

@@ -43,7 +43,16 @@ class _Loader(yaml.SafeLoader):
     Whatever else PyYAML lets out of its constructors (ValueError for
     ``2020-13-45``, a timestamp with month 13) becomes a ConstructorError
     carrying the node's position.
+
+    The limits are class attributes: a reader of another kind of file (a
+    kubeconfig, dindind.cluster.kubeconfig) subclasses it with its own.
     """
+
+    what = "a config"
+    too_big = "a config is a few kilobytes"
+    max_bytes = MAX_BYTES
+    max_depth = MAX_DEPTH
+    max_nodes = MAX_NODES
 
     def __init__(self, text):
         super().__init__(text)
@@ -64,10 +73,10 @@ class _Loader(yaml.SafeLoader):
                            "write plain values (quote a string)")
         self.depth += 1
         self.nodes += 1
-        if self.depth > MAX_DEPTH:
-            raise _Refused(f"{line}: nested deeper than {MAX_DEPTH} levels")
-        if self.nodes > MAX_NODES:
-            raise _Refused(f"{line}: more than {MAX_NODES} values; a config is much smaller")
+        if self.depth > self.max_depth:
+            raise _Refused(f"{line}: nested deeper than {self.max_depth} levels")
+        if self.nodes > self.max_nodes:
+            raise _Refused(f"{line}: more than {self.max_nodes} values; {self.what} is much smaller")
         try:
             return super().compose_node(parent, index)
         finally:
@@ -136,11 +145,14 @@ def _duplicates(node, path=""):
     return found
 
 
-def text(path, data):
+Loader = _Loader     # for subclasses with other limits
+
+
+def text(path, data, loader=_Loader):
     """The config bytes as text, after the size and encoding checks."""
-    if len(data) > MAX_BYTES:
-        raise ConfigError(path, [f"(top level): the file is larger than {MAX_BYTES} bytes; "
-                                 "a config is a few kilobytes"])
+    if len(data) > loader.max_bytes:
+        raise ConfigError(path, [f"(top level): the file is larger than {loader.max_bytes} bytes; "
+                                 f"{loader.too_big}"])
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -149,13 +161,13 @@ def text(path, data):
                                  f"({exc.reason})"]) from None
 
 
-def decode(path, text):
+def decode(path, text, loader=_Loader):
     """(data, problems): compose the text once, within the limits, and construct from that tree."""
-    if len(text) > MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
-        raise ConfigError(path, [f"(top level): the text is larger than {MAX_BYTES} bytes; "
-                                 "a config is a few kilobytes"])
+    limit = loader.max_bytes
+    if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
+        raise ConfigError(path, [f"(top level): the text is larger than {limit} bytes; {loader.too_big}"])
     try:
-        loader = _Loader(text)      # the reader refuses control characters right here
+        loader = loader(text)       # the reader refuses control characters right here
         loader.name = path.name     # marks say 'in "config.yaml", line 2', not '"<unicode string>"'
         try:
             node = loader.get_single_node()

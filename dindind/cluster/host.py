@@ -7,18 +7,25 @@ through the published port. Non-nested (``cluster.nested: false``): the
 same create actions run here against the host's engine.
 
 State lives in labels (``io.dindind.cluster=<name>``), not in files: the
-kubeconfig under artifacts/clusters/<name>/ is a convenience copy.
+kubeconfig under artifacts/clusters/<name>/ is a convenience copy. ``down``
+also removes what ``cluster:kubeconfig --merge`` added to the user's
+kubeconfig (dindind.cluster.kubeconfig); ``down --all`` does it for every
+cluster the engine holds.
 
-Why one module of ~400 lines: it is the table of the ``cluster:*`` verbs
+Why one module of ~600 lines: it is the table of the ``cluster:*`` verbs
 (up, down, status, logs, load, e2e), each a short function over the same
 shell helpers for both modes; split per verb, every file would import the
-same helpers back.
+same helpers back. The verbs that only read a cluster from outside
+(``cluster:kubeconfig``, ``cluster:nodes``) live beside it in
+dindind.cluster.access.
 """
 
 import io
 import json
 import os
+import re
 import shlex
+import shutil
 import socket
 import tarfile
 import time
@@ -29,6 +36,7 @@ from dindind.docker import containers, engine, images
 from dindind.base.errors import CommandError, DindindError, InputError
 from dindind.cluster import api, create, inside, passthrough, plan as plan_mod
 from dindind.cluster import conformance as conformance_mod
+from dindind.cluster import kubeconfig as kubeconfig_mod
 from dindind.cluster.actions import waitready
 from dindind.cluster.status import Status
 
@@ -257,9 +265,31 @@ def _remove(created):
             pass
 
 
-def down(cfg, layout, name=None, out=print):
-    """Remove every container, volume and network labelled with the cluster name."""
-    name = cluster_name(cfg, name)
+def down(cfg, layout, name=None, all=False, out=print):
+    """Remove a cluster (``all``: every dindind cluster on this engine), each fully: see :func:`_down`."""
+    if not all:
+        return _down(layout, cluster_name(cfg, name), out)
+    if name:
+        raise DindindError("--all and --name cannot be combined",
+                           hint="doit cluster:down --all removes every cluster; --name N removes one")
+    names = cluster_names()
+    if not names:
+        out("no dindind clusters")
+    for n in names:
+        _down(layout, n, out)
+    return names
+
+
+def cluster_names():
+    """The name of every cluster with a container, volume or network on this engine (nested or not)."""
+    label = {plan_mod.CLUSTER_LABEL: None}
+    found = containers.containers(label) + containers.volumes(label) + containers.networks(label)
+    return sorted({(f.get("Labels") or {}).get(plan_mod.CLUSTER_LABEL) for f in found} - {None})
+
+
+def _down(layout, name, out):
+    """Remove every container, volume and network labelled with the cluster name; then its merged
+    kubeconfig entries and artifacts/clusters/<name> (a label value that is no valid name: labels only)."""
     label = {plan_mod.CLUSTER_LABEL: name}
     found = containers.containers(label)
     for c in found:
@@ -270,15 +300,32 @@ def down(cfg, layout, name=None, out=print):
     nets = containers.networks(label)
     for n in nets:
         containers.remove_network(n["Id"])
-    d = cluster_dir(layout, name)
-    if d.exists():
-        import shutil
-
-        shutil.rmtree(d)
+    forgotten = []
+    if re.fullmatch(config.NAME_RE, name):
+        d = cluster_dir(layout, name)
+        forgotten = _forget(d, name, out)
+        if d.exists():
+            shutil.rmtree(d)
     if not (found or vols or nets):
-        out(f"no cluster named {name!r}")
+        out(f"no cluster named {name!r}" + (f"; removed its entries from {', '.join(forgotten)}" if forgotten else ""))
     else:
-        out(f"removed cluster {name}: {len(found)} container(s), {len(vols)} volume(s), {len(nets)} network(s)")
+        out(f"removed cluster {name}: {len(found)} container(s), {len(vols)} volume(s), {len(nets)} network(s)"
+            + (f"; its kubeconfig entries from {', '.join(forgotten)}" if forgotten else ""))
+
+
+def _forget(cdir, name, out):
+    """Remove the ``dindind-<name>`` entries from every kubeconfig it was merged into (recorded in ``cdir``)
+    and from the one a merge would use now; the paths changed. A file that cannot be changed: a warning."""
+    targets = kubeconfig_mod.recorded(cdir)
+    targets.setdefault(kubeconfig_mod.merge_path(), None)
+    changed = []
+    for path, previous in targets.items():
+        try:
+            if kubeconfig_mod.remove_from(path, name, previous):
+                changed.append(str(path))
+        except DindindError as exc:
+            out(f"WARNING: {exc.message}; any entries {kubeconfig_mod.key(name)} in it are left there")
+    return changed
 
 
 def _top_of(name):

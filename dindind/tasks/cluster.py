@@ -87,11 +87,11 @@ def do_up(config_path, root, name, workers, retain, wait, cluster_config):
 
 
 @action
-def do_down(config_path, root, name):
+def do_down(config_path, root, name, all):
     from dindind.cluster import host
 
     cfg, lay = _ctx(config_path, root)
-    host.down(cfg, lay, name or None)
+    host.down(cfg, lay, name or None, all)
 
 
 @action
@@ -118,16 +118,19 @@ def do_status():
 
 
 @action
-def do_kubeconfig(config_path, root, name):
-    from dindind.cluster import host
+def do_kubeconfig(config_path, root, name, internal, merge):
+    from dindind.cluster import access
 
     cfg, lay = _ctx(config_path, root)
-    name = host.cluster_name(cfg, name)
-    path = host.kubeconfig_path(lay, name)
-    if not path.exists():
-        raise DindindError(f"no kubeconfig for cluster {name!r} at {path}",
-                           hint="bring it up with `doit cluster:up`")
-    print(path)
+    access.kubeconfig(cfg, lay, name or None, internal, merge)
+
+
+@action
+def do_nodes(config_path, root, name):
+    from dindind.cluster import access
+
+    cfg, _ = _ctx(config_path, root)
+    access.nodes(cfg, name or None)
 
 
 @action
@@ -172,16 +175,30 @@ def cluster_tasks(config_path, root):
                       {"name": "wait", "long": "wait", "type": _int_option("--wait", "cluster.wait"),
                        "default": None,
                        "help": "seconds to wait for Ready (0: return once the containers are up)"}]}
-    yield {"basename": "cluster:down", "doc": "remove a cluster: its containers, volumes and network (--name N)",
-           "actions": [(do_down, args)], "params": [NAME], **common}
+    yield {"basename": "cluster:down",
+           "doc": "remove a cluster: its containers, volumes, network and merged kubeconfig entries (--name N | --all)",
+           "actions": [(do_down, args)], **common,
+           "params": [NAME, {"name": "all", "long": "all", "type": bool, "default": False,
+                             "help": "every dindind cluster on this engine, nested or not"}]}
     yield {"basename": "cluster:stop", "doc": "stop a nested cluster's container; its nodes stop cleanly (--name N)",
            "actions": [(do_stop, args)], "params": [NAME], **common}
     yield {"basename": "cluster:start", "doc": "start a stopped nested cluster again and wait until it is Ready (--name N)",
            "actions": [(do_start, args)], "params": [NAME], **common}
     yield {"basename": "cluster:status", "doc": "list every cluster: name, nodes, API address, age",
            "actions": [(do_status,)], **common}
-    yield {"basename": "cluster:kubeconfig", "doc": "print the path of a cluster's kubeconfig (--name N)",
-           "actions": [(do_kubeconfig, args)], "params": [NAME], **common}
+    yield {"basename": "cluster:nodes",
+           "doc": "list a cluster's nodes: role, address, container state, Ready (--name N)",
+           "actions": [(do_nodes, args)], "params": [NAME], **common}
+    yield {"basename": "cluster:kubeconfig",
+           "doc": "print the path of a cluster's kubeconfig (--name N); --internal: the nodes' address; "
+                  "--merge: into $KUBECONFIG or ~/.kube/config as context dindind-<name>",
+           "actions": [(do_kubeconfig, args)], **common,
+           "params": [NAME,
+                      {"name": "internal", "long": "internal", "type": bool, "default": False,
+                       "help": "server: the control plane's address on the cluster network (port 6443), "
+                               "written to artifacts/clusters/<name>/kubeconfig-internal"},
+                      {"name": "merge", "long": "merge", "type": bool, "default": False,
+                       "help": "merge into the first path of $KUBECONFIG, or ~/.kube/config, and make it current"}]}
     yield {"basename": "cluster:logs",
            "doc": "collect docker inspect, kubelet/containerd journals, /var/log into artifacts/clusters/<name>/logs",
            "actions": [(do_logs, args)], "params": [NAME], **common}

@@ -6,15 +6,20 @@ Everything is torn down, and the engine must hold no container, volume or
 network with the cluster label afterwards, and no new dangling volume.
 """
 
+import base64
+import ipaddress
 import json
+import os
 import socket
 import stat
 import subprocess
 
 import pytest
 
+from dindind.base import config
 from dindind.docker import containers
 from dindind.cluster import api, host
+from dindind.cluster import kubeconfig as userkc
 from dindind.cluster.actions import cni
 from dindind.cluster.plan import CLUSTER_LABEL
 
@@ -57,6 +62,73 @@ def nested(built, dangling_before):
 
 def kubeconfig(built, name):
     return built.path / "artifacts" / "clusters" / name / "kubeconfig"
+
+
+# a user's kubeconfig with an entry of its own, for cluster:kubeconfig --merge (never the real ~/.kube/config)
+USER_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- name: other
+  cluster: {server: "https://other.invalid:443", insecure-skip-tls-verify: yes}
+contexts:
+- name: other
+  context: {cluster: other, user: other, namespace: "007"}
+current-context: other
+users:
+- name: other
+  user: {token: 'on'}
+"""
+
+
+def user_kubeconfig(directory):
+    path = directory / "kube" / "config"
+    path.parent.mkdir(parents=True)
+    path.write_text(USER_KUBECONFIG)
+    return path
+
+
+def node_rows(stdout):
+    """{name: (role, address, state, ready)} from cluster:nodes."""
+    rows = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 5 and parts[1] in ("control-plane", "worker"):
+            rows[parts[0]] = tuple(parts[1:])
+    return rows
+
+
+def node_address(sh, node):
+    _, out = sh.run(node, ["ip", "-4", "-o", "addr", "show", "eth0"])
+    return out.split()[3].split("/")[0]
+
+
+# the nodes carry no HTTP client (and the sample's kubectl is a stand-in): the request is made with dindind's
+# own client, in the cluster image's Python, from a network namespace beside the nodes
+READINESS = ("import base64, json, sys\nfrom dindind.cluster import api\n"
+             "print(json.dumps(api.node_readiness(base64.b64decode(sys.argv[1]))))")
+
+
+def readiness_from(argv_prefix, data):
+    """{node: Ready} as the API at the kubeconfig ``data``'s server answers a python3 run by ``argv_prefix``."""
+    cmd = [*argv_prefix, "python3", "-c", READINESS, base64.b64encode(data).decode()]
+    run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert run.returncode == 0, run.stdout[-3000:]
+    return json.loads(run.stdout)
+
+
+def one_error(run, message):
+    assert run.returncode != 0
+    assert message in run.stderr, run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+
+
+@pytest.fixture(scope="module")
+def merged(built, nested, tmp_path_factory):
+    """t-nested merged into a user's kubeconfig with an entry of its own (KUBECONFIG, the merge's env)."""
+    path = user_kubeconfig(tmp_path_factory.mktemp("merged"))
+    env = {"KUBECONFIG": f"{path}{os.pathsep}{path.parent / 'second'}"}
+    run = built.doit("cluster:kubeconfig", "--name", NESTED, "--merge", env=env)
+    return path, env, run
 
 
 def test_up_prints_one_status_line_per_action(nested):
@@ -143,6 +215,62 @@ def test_kubeconfig_is_0600_and_works_through_the_published_port(built, nested):
     assert str(path) in out
 
 
+def test_nodes_lists_role_address_state_and_ready(built, nested):
+    out = built.doit("cluster:nodes", "--name", NESTED).stdout
+    assert f"cluster {NESTED}, nested in container dindind-{NESTED}:" in out, out
+    rows = node_rows(out)
+    sh = host.Shell(NESTED)
+    subnet = ipaddress.ip_network(config.load(built.config).cluster["node_subnet"])
+    assert list(rows) == sh.nodes         # control plane first, then the workers in order
+    for node, (role, address, state, ready) in rows.items():
+        assert role == ("control-plane" if node.endswith("control-plane") else "worker")
+        assert address == node_address(sh, node) and ipaddress.ip_address(address) in subnet
+        assert (state, ready) == ("running", "Ready")
+
+
+def test_internal_kubeconfig_is_the_address_the_nodes_use(built, nested):
+    run = built.doit("cluster:kubeconfig", "--name", NESTED, "--internal")
+    path = built.path / "artifacts" / "clusters" / NESTED / "kubeconfig-internal"
+    assert str(path) in run.stdout and stat.S_IMODE(path.stat().st_mode) == 0o600
+    sh = host.Shell(NESTED)
+    cp, worker = sh.nodes[0], sh.nodes[2]
+    server, *_ = api.parse_kubeconfig(path.read_bytes())
+    address = node_address(sh, cp)
+    assert server == f"https://{address}:6443"
+    # the name a worker's kubelet talks to resolves there to that address
+    _, kubelet_conf = sh.run(worker, ["cat", "/etc/kubernetes/kubelet.conf"])
+    assert f"server: https://{cp}:6443" in kubelet_conf
+    assert sh.run(worker, ["getent", "hosts", cp])[1].split()[0] == address
+    # inside the top-level container (on the nodes' network), TLS checks that address against the certificate
+    assert readiness_from(["docker", "exec", f"dindind-{NESTED}"], path.read_bytes()) == dict.fromkeys(sh.nodes, True)
+
+
+def test_merge_into_the_users_kubeconfig(built, nested, merged):
+    path, env, run = merged
+    assert f"merged cluster {NESTED} into {path} as context dindind-{NESTED}" in run.stdout, run.stdout
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and not os.path.exists(f"{path}.lock")
+    doc = userkc.read(path)
+    assert [c["name"] for c in doc["clusters"]] == ["other", f"dindind-{NESTED}"]
+    assert doc["current-context"] == f"dindind-{NESTED}"
+    before = userkc.meaning(userkc.parse(path, USER_KUBECONFIG.encode()))
+    # the other user's token 'on' stays a string
+    assert userkc.meaning(doc)[(userkc.STR, "users")][0] == before[(userkc.STR, "users")][0]
+    # the merged context works from here: its server is the published address
+    assert api.parse_kubeconfig(path.read_bytes())[0].startswith("https://127.0.0.1:")
+    assert all(api.node_readiness(path.read_bytes()).values())
+
+
+def test_bad_input_to_the_new_verbs_is_one_error(built):
+    one_error(built.doit("cluster:nodes", "--name", "t-none", check=False), "no cluster named 't-none'")
+    one_error(built.doit("cluster:kubeconfig", "--name", "t-none", "--internal", check=False),
+              "no cluster named 't-none'")
+    one_error(built.doit("cluster:kubeconfig", "--internal", "--merge", check=False),
+              "--internal and --merge cannot be combined")
+    one_error(built.doit("cluster:down", "--all", "--name", "t-none", check=False),
+              "--all and --name cannot be combined")
+    one_error(built.doit("cluster:nodes", "--name", "Bad_Name", check=False), "invalid --name 'Bad_Name'")
+
+
 def test_status_logs_load_e2e(built, nested, tmp_path):
     status = built.doit("cluster:status").stdout
     line = next(l for l in status.splitlines() if l.startswith(NESTED))
@@ -211,11 +339,51 @@ def test_up_runs_the_image_with_arguments_and_a_restart_policy_and_stop_start_ve
     assert not [e for e in info["Config"]["Env"] if e.startswith("DINDIND_CLUSTER=")]
     built.doit("cluster:stop", "--name", NESTED)
     assert containers.inspect_container(top)["State"]["Running"] is False
+    stopped = built.doit("cluster:nodes", "--name", NESTED).stdout
+    assert f"cluster {NESTED} is stopped (its container {top} is exited)" in stopped, stopped
+    assert node_rows(stopped) == {f"{NESTED}-control-plane": ("control-plane", "-", "-", "-"),
+                                  f"{NESTED}-worker": ("worker", "-", "-", "-"),
+                                  f"{NESTED}-worker2": ("worker", "-", "-", "-")}
     start = built.doit("cluster:start", "--name", NESTED, timeout=600)
     assert f"cluster {NESTED} is Ready again" in start.stdout, start.stdout
     assert all(api.node_readiness(kubeconfig(built, NESTED).read_bytes()).values())
     missing = built.doit("cluster:stop", "--name", "t-none", check=False)
     assert missing.returncode != 0 and "no cluster named 't-none'" in missing.stderr
+
+
+def test_down_all_on_an_engine_of_its_own(built, nested, merged):
+    """cluster:down --all removes every cluster of the engine it talks to. The shared engine holds other
+    people's clusters, so it talks to t-nested's inner engine: t-nested's nodes there (a cluster as
+    non-nested mode makes it) and a stand-in for a nested cluster, labelled as cluster:up labels one
+    (top-level container, its volume; a network too). t-nested's merged kubeconfig entries go as well."""
+    top = f"dindind-{NESTED}"
+    # /run, not /var/run: an absolute symlink under /proc/PID/root would lead back to this host's /run
+    docker_host = f"unix:///proc/{containers.inspect_container(top)['State']['Pid']}/root/run/docker.sock"
+    name = subprocess.run(["docker", "-H", docker_host, "info", "--format", "{{.Name}}"], stdout=subprocess.PIPE,
+                          text=True, check=True).stdout.strip()
+    assert name == top, f"{docker_host} is not the engine inside {top} but {name}"
+
+    def inner(*cmd):
+        return containers.exec_in(top, ["docker", *cmd])[1]
+
+    image = inner("inspect", "-f", "{{.Config.Image}}", f"{NESTED}-control-plane").strip()
+    fake = ["--label", f"{CLUSTER_LABEL}=t-allfake"]
+    inner("network", "create", *fake, "t-allfake-net")
+    inner("volume", "create", *fake, "t-allfake-docker")
+    inner("run", "-d", "--name", "dindind-t-allfake", *fake, "--label", "io.dindind.role=cluster",
+          "--label", "io.dindind.nested=true", "--network", "t-allfake-net", "-v", "t-allfake-docker:/var/lib/docker",
+          "--entrypoint", "sleep", image, "infinity")
+    path, env, _ = merged
+    run = built.doit("cluster:down", "--all", env=dict(env, DOCKER_HOST=docker_host))
+    assert "removed cluster t-allfake: 1 container(s), 1 volume(s), 1 network(s)" in run.stdout, run.stdout
+    assert f"removed cluster {NESTED}: 3 container(s), " in run.stdout
+    assert f"its kubeconfig entries from {path}" in run.stdout
+    for what in (["ps", "-aq"], ["volume", "ls", "-q"], ["network", "ls", "-q"]):
+        assert inner(*what, "--filter", f"label={CLUSTER_LABEL}").split() == [], what
+    # the user's kubeconfig means again exactly what it meant before the merge (its current context too)
+    assert userkc.meaning(userkc.read(path)) == userkc.meaning(userkc.parse(path, USER_KUBECONFIG.encode()))
+    assert not (built.path / "artifacts" / "clusters" / NESTED).exists()
+    assert labelled(NESTED)["containers"] == [containers.inspect_container(top)["Id"][:12]]   # the host's: kept
 
 
 def test_down_leaves_nothing_behind(built, nested, dangling_before):
@@ -251,6 +419,7 @@ def test_failed_up_cleans_up_unless_retained(built, tmp_path, dangling_before):
 def test_non_nested_mode(built, tmp_path, dangling_before):
     cfg = tmp_path / "direct.yaml"
     cfg.write_text(built.config.read_text().replace("cluster:\n", "cluster:\n  nested: false\n", 1))
+    user = user_kubeconfig(tmp_path)
     up = doit(built.path, f"config={cfg}", "cluster:up", "--name", "t-direct", "--workers", "1", timeout=600,
               check=False)
     try:
@@ -264,7 +433,27 @@ def test_non_nested_mode(built, tmp_path, dangling_before):
         assert api.node_readiness(kc.read_bytes()) == {"t-direct-control-plane": True, "t-direct-worker": True}
         row = next(r for r in host.clusters() if r["name"] == "t-direct")
         assert row["nodes"] == 2 and not row["nested"]
+        # cluster:nodes, --internal and --merge in non-nested mode
+        rows = node_rows(doit(built.path, f"config={cfg}", "cluster:nodes", "--name", "t-direct").stdout)
+        assert list(rows) == ["t-direct-control-plane", "t-direct-worker"]
+        for node, (role, address, state, ready) in rows.items():
+            ip = containers.inspect_container(node)["NetworkSettings"]["Networks"]["dindind-t-direct"]["IPAddress"]
+            assert (address, state, ready) == (ip, "running", "Ready")
+        doit(built.path, f"config={cfg}", "cluster:kubeconfig", "--name", "t-direct", "--internal")
+        internal = (built.path / "artifacts" / "clusters" / "t-direct" / "kubeconfig-internal").read_bytes()
+        assert api.parse_kubeconfig(internal)[0] == f"https://{rows['t-direct-control-plane'][1]}:6443"
+        # from a container beside the nodes on their network (the cluster image's Python, thrown away)
+        beside = ["docker", "run", "--rm", "--name", f"dindind-test-beside-{os.getpid()}", "--network",
+                  "dindind-t-direct", "--entrypoint", "", built.stamp("cluster")["tags"][0]]
+        assert readiness_from(beside, internal) == dict.fromkeys(rows, True)
+        doit(built.path, f"config={cfg}", "cluster:kubeconfig", "--name", "t-direct", "--merge",
+             env={"KUBECONFIG": str(user)})
+        assert userkc.read(user)["current-context"] == "dindind-t-direct"
+        assert all(api.node_readiness(user.read_bytes()).values())
     finally:
-        doit(built.path, f"config={cfg}", "cluster:down", "--name", "t-direct")
+        # without $KUBECONFIG: the merge was recorded, down finds the file by that
+        down = doit(built.path, f"config={cfg}", "cluster:down", "--name", "t-direct")
     assert_gone("t-direct")
+    assert f"its kubeconfig entries from {user}" in down.stdout, down.stdout
+    assert userkc.meaning(userkc.read(user)) == userkc.meaning(userkc.parse(user, USER_KUBECONFIG.encode()))
     assert containers.dangling_volumes() - dangling_before == set()
