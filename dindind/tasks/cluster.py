@@ -52,12 +52,6 @@ def _pattern_option(option):
     return _param(regex)
 
 
-def _image(text):
-    if text and not config_mod.re.fullmatch(config_mod.IMAGE_REF_RE, text):
-        raise DindindError(f"--image {text!r} is not an image reference", hint="e.g. --image busybox:latest")
-    return text
-
-
 NAME = {"name": "name", "long": "name", "type": _param(_name), "default": "",
         "help": "cluster name (default: cluster.name from the config, 'dindind')"}
 
@@ -123,11 +117,11 @@ def do_logs(config_path, root, name):
 
 
 @action
-def do_load(config_path, root, name, image):
+def do_load(config_path, root, name, image, archive):
     from dindind.cluster import host
 
     cfg, lay = _ctx(config_path, root)
-    host.load(cfg, lay, image, name or None)
+    host.load(cfg, lay, image, archive, name or None)
 
 
 @action
@@ -165,10 +159,14 @@ def cluster_tasks(config_path, root):
     yield {"basename": "cluster:logs",
            "doc": "collect docker inspect, kubelet/containerd journals, /var/log into artifacts/clusters/<name>/logs",
            "actions": [(do_logs, args)], "params": [NAME], **common}
-    yield {"basename": "cluster:load", "doc": "import a host image into every node's containerd (--image IMG)",
+    yield {"basename": "cluster:load",
+           "doc": "import host images and docker-archives into every node's containerd, for the nodes' platform "
+                  "(--image IMG ... --archive FILE ..., each repeatable)",
            "actions": [(do_load, args)], **common,
-           "params": [NAME, {"name": "image", "long": "image", "type": _param(_image), "default": "",
-                             "help": "the image to load"}]}
+           "params": [NAME, {"name": "image", "long": "image", "type": list, "default": [],
+                             "help": "a host image to load (repeatable)"},
+                      {"name": "archive", "long": "archive", "type": list, "default": [],
+                       "help": "a docker-archive file (docker save -o) to load (repeatable)"}]}
     yield {"basename": "cluster:e2e",
            "doc": "run e2e.test under ginkgo in the cluster (--conformance: the [Conformance] tests the preloaded "
                   "images allow); JUnit XML and a summary into artifacts/clusters/<name>/e2e",
