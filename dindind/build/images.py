@@ -319,7 +319,7 @@ def render_cluster(cfg, layout):
 # and release stages, the doit glue and the host side of clusters stay out, so an
 # edit there leaves the cluster image as it is (tests/unit/test_cluster_image.py).
 CLUSTER_IMAGE_PACKAGES = ("dindind/base", "dindind/docker", "dindind/cluster")
-HOST_ONLY = ("dindind/cluster/host.py", "dindind/cluster/manifest.py")
+HOST_ONLY = ("dindind/cluster/host.py", "dindind/cluster/load.py", "dindind/cluster/manifest.py")
 
 
 def package_files(root=ROOT):

@@ -57,6 +57,13 @@ NAME = {"name": "name", "long": "name", "type": _param(_name), "default": "",
 
 
 @action
+def do_check_engine(what):
+    from dindind.docker import engine
+
+    engine.require_rootful(what)
+
+
+@action
 def do_up(config_path, root, name, workers, retain, wait):
     from dindind.cluster import host
 
@@ -135,8 +142,11 @@ def do_e2e(config_path, root, name, focus, skip, parallel, flake_attempts, confo
 def cluster_tasks(config_path, root):
     args = (str(config_path) if config_path else None, str(root))
     common = {"uptodate": [False], "verbosity": 2}
+    # before the build cluster:up depends on: a rootless engine is refused at once, not after a build
+    yield {"basename": "_cluster:engine", "doc": "refuse an engine clusters cannot run on (rootless)",
+           "actions": [(do_check_engine, ("cluster:up",))], **common}
     yield {"basename": "cluster:up", "doc": "bring up a cluster: --name N --workers K [--retain] [--wait SECONDS]",
-           "actions": [(do_up, args)], "task_dep": ["build"], **common,
+           "actions": [(do_up, args)], "task_dep": ["_cluster:engine", "build"], **common,
            "params": [NAME,
                       {"name": "workers", "long": "workers", "type": _int_option("--workers", "cluster.workers"),
                        "default": None,

@@ -13,18 +13,36 @@ from dindind.docker import archive, containers, reference
 
 from ociarchive import oci
 
-# `ctr plugins ls` of containerd 2.1.9 (Debian forky) in a node, amd64 (abridged: the rows around the snapshotters)
+# `ctr plugins ls` of containerd 2.1.9 (Debian forky) in a node of the sample cluster, amd64, as recorded
+# (its first 27 rows, through the runtime's)
 PLUGINS = """\
 TYPE                                      ID                       PLATFORMS      STATUS
 io.containerd.content.v1                  content                  -              ok
+io.containerd.image-verifier.v1           bindir                   -              ok
+io.containerd.internal.v1                 opt                      -              ok
+io.containerd.warning.v1                  deprecations             -              ok
+io.containerd.event.v1                    exchange                 -              ok
 io.containerd.snapshotter.v1              blockfile                linux/amd64    skip
 io.containerd.snapshotter.v1              btrfs                    linux/amd64    skip
 io.containerd.snapshotter.v1              devmapper                linux/amd64    skip
+io.containerd.snapshotter.v1              erofs                    linux/amd64    ok
 io.containerd.snapshotter.v1              native                   linux/amd64    ok
 io.containerd.snapshotter.v1              overlayfs                linux/amd64    ok
-io.containerd.snapshotter.v1              zfs                      linux/amd64    skip
+io.containerd.monitor.task.v1             cgroups                  linux/amd64    ok
+io.containerd.metadata.v1                 bolt                     -              ok
+io.containerd.gc.v1                       scheduler                -              ok
+io.containerd.differ.v1                   erofs                    -              skip
+io.containerd.differ.v1                   walking                  linux/amd64    ok
+io.containerd.lease.v1                    manager                  -              ok
+io.containerd.service.v1                  containers-service       -              ok
+io.containerd.service.v1                  content-service          -              ok
+io.containerd.service.v1                  diff-service             -              ok
+io.containerd.service.v1                  images-service           -              ok
+io.containerd.service.v1                  introspection-service    -              ok
+io.containerd.service.v1                  namespaces-service       -              ok
+io.containerd.service.v1                  snapshots-service        -              ok
+io.containerd.shim.v1                     manager                  -              ok
 io.containerd.runtime.v2                  task                     linux/amd64    ok
-io.containerd.grpc.v1                     cri                      -              ok
 """
 
 FILES = [{"etc/hello": b"hello\n"}]
@@ -60,6 +78,7 @@ def test_the_nodes_platform_is_containerds_own_snapshotter_row():
     assert load.platform_from_plugins(arm) == "linux/arm64/v8"
     # the overlayfs row leads; the runtime's row (which may list emulated platforms) is never read
     mixed = PLUGINS.replace("native                   linux/amd64", "native                   linux/s390x") \
+        .replace("blockfile                linux/amd64", "blockfile                linux/s390x") \
         .replace("task                     linux/amd64", "task                     linux/riscv64,linux/amd64")
     assert load.platform_from_plugins(mixed) == "linux/amd64"
     assert load.platform_from_plugins("TYPE ID PLATFORMS STATUS\nio.containerd.grpc.v1 cri - ok\n") is None
