@@ -96,6 +96,10 @@ def stamp_uptodate(stamp_path):
 ROOTLESS_WHY = "its containers cannot get the privileges the nodes' systemd, containerd and kubelet need"
 ROOTFUL_HINT = ("use a rootful engine: unset DOCKER_HOST for the system's dockerd (/var/run/docker.sock), or "
                 "`sudo python -m dindind engine` to start one")
+PODMAN_WHY = ("dindind's tasks drive Docker's API, and Podman's differs where they rely on it: its image import "
+              "drops the tag, its default rlimits can exceed what the host grants")
+PODMAN_HINT = ("build with Docker, `podman load` the cluster image and run it with `podman run --privileged` "
+               "(README: Engines); or use a rootful Docker")
 
 
 @dataclass(frozen=True)
@@ -144,15 +148,18 @@ def kind():
     return classify(_get_json("/version"), _get_json("/info"))
 
 
-def require_rootful(what):
-    """EngineError, one line, when the engine is rootless: ``what`` (e.g. "cluster:up") cannot run on it.
-
-    Called before anything is created. Returns the :class:`Kind` otherwise.
+def require_docker(what):
+    """EngineError, one line, unless a rootful Docker answers: ``what`` (e.g. "cluster:up") cannot run on a
+    rootless engine, and dindind does not drive Podman's Docker API. Called before anything is created;
+    returns the :class:`Kind`.
     """
     k = kind()
+    where = f"unix://{_socket_path()}"
     if k.rootless:
-        raise EngineError(f"{what} needs a rootful engine; the one at unix://{_socket_path()} is {k} ({ROOTLESS_WHY})",
+        raise EngineError(f"{what} needs a rootful engine; the one at {where} is {k} ({ROOTLESS_WHY})",
                           hint=ROOTFUL_HINT)
+    if k.name == "podman":
+        raise EngineError(f"{what} needs Docker; the engine at {where} is {k} ({PODMAN_WHY})", hint=PODMAN_HINT)
     return k
 
 

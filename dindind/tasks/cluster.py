@@ -60,7 +60,7 @@ NAME = {"name": "name", "long": "name", "type": _param(_name), "default": "",
 def do_check_engine(what):
     from dindind.docker import engine
 
-    engine.require_rootful(what)
+    engine.require_docker(what)
 
 
 @action
@@ -142,8 +142,8 @@ def do_e2e(config_path, root, name, focus, skip, parallel, flake_attempts, confo
 def cluster_tasks(config_path, root):
     args = (str(config_path) if config_path else None, str(root))
     common = {"uptodate": [False], "verbosity": 2}
-    # before the build cluster:up depends on: a rootless engine is refused at once, not after a build
-    yield {"basename": "_cluster:engine", "doc": "refuse an engine clusters cannot run on (rootless)",
+    # before the build cluster:up depends on: an engine it cannot drive is refused at once, not after a build
+    yield {"basename": "_cluster:engine", "doc": "refuse an engine cluster:up cannot drive (rootless, Podman)",
            "actions": [(do_check_engine, ("cluster:up",))], **common}
     yield {"basename": "cluster:up", "doc": "bring up a cluster: --name N --workers K [--retain] [--wait SECONDS]",
            "actions": [(do_up, args)], "task_dep": ["_cluster:engine", "build"], **common,

@@ -59,14 +59,26 @@ def test_classify(version, info, kind, text):
     assert str(kind) == text
 
 
-def test_a_rootless_engine_is_refused_in_one_line_naming_it(monkeypatch):
-    replies = {"/version": PODMAN_VERSION, "/info": PODMAN_ROOTLESS_INFO}
+@pytest.mark.parametrize("info, words", [
+    (PODMAN_ROOTLESS_INFO, ["cluster:up needs a rootful engine; the one at ", " is rootless Podman 4.3.1 ("]),
+    (PODMAN_ROOTFUL_INFO, ["cluster:up needs Docker; the engine at ", " is Podman 4.3.1 (", "drops the tag"]),
+])
+def test_an_engine_cluster_up_cannot_drive_is_refused_in_one_line_naming_it(monkeypatch, info, words):
+    replies = {"/version": PODMAN_VERSION, "/info": info}
     monkeypatch.setattr(engine, "_get_json", replies.__getitem__)
     monkeypatch.setenv("DOCKER_HOST", "unix:///run/user/1000/podman/podman.sock")
     with pytest.raises(EngineError) as err:
-        engine.require_rootful("cluster:up")
-    assert err.value.message.startswith("cluster:up needs a rootful engine; the one at "
-                                        "unix:///run/user/1000/podman/podman.sock is rootless Podman 4.3.1 (")
-    assert "\n" not in err.value.message and "rootful engine" in err.value.hint
-    replies["/info"] = PODMAN_ROOTFUL_INFO
-    assert engine.require_rootful("cluster:up") == engine.Kind("podman", "4.3.1", False)
+        engine.require_docker("cluster:up")
+    message = err.value.message
+    assert "\n" not in message and "unix:///run/user/1000/podman/podman.sock" in message
+    assert all(w in message for w in words), message
+    assert err.value.hint
+
+
+def test_rootful_docker_is_driven(monkeypatch):
+    replies = {"/version": DOCKER_20_VERSION, "/info": DOCKER_20_INFO}
+    monkeypatch.setattr(engine, "_get_json", replies.__getitem__)
+    assert engine.require_docker("cluster:up") == engine.Kind("docker", "20.10.24+dfsg1", False)
+    replies.update({"/version": DOCKER_ROOTLESS_VERSION, "/info": DOCKER_ROOTLESS_INFO})
+    with pytest.raises(EngineError, match="is rootless Docker 28.5.1"):
+        engine.require_docker("cluster:up")
