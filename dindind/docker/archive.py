@@ -470,11 +470,17 @@ def _oci_walk(src):
     yield from walk(_json(src, "index.json", "it has oci-layout but no index.json"), "index.json", 0, None)
 
 
+def _config_digest(manifest):
+    """The config digest an image manifest names, or None."""
+    config = manifest.get("config")
+    return config.get("digest") if isinstance(config, dict) else None
+
+
 def _oci_manifests(src):
     """{config digest: (manifest blob, layer descriptors)} of every OCI manifest index.json reaches."""
     found = {}
     for _, _, blob, doc in _oci_walk(src):
-        found.setdefault((doc.get("config") or {}).get("digest"), (blob, doc["layers"]))
+        found.setdefault(_config_digest(doc), (blob, doc["layers"]))
     return found
 
 
@@ -636,7 +642,7 @@ def _complete_platforms(src):
     """{index.json entry: [platform, ...]}: the platforms whose manifest, config and layers are all there."""
     found = {}
     for j, desc, _, doc in _oci_walk(src):
-        digests = [(doc.get("config") or {}).get("digest")] + [d.get("digest") for d in doc["layers"]]
+        digests = [_config_digest(doc)] + [d.get("digest") for d in doc["layers"]]
         keys = [src.resolve(f"blobs/sha256/{d[7:]}") if isinstance(d, str) and _DIGEST.fullmatch(d) else None
                 for d in digests]
         if None in keys:
@@ -668,7 +674,8 @@ def loadable(path, *, verify_layers=False):
         complete = _complete_platforms(src)
         out = []
         for j, desc in enumerate(index["manifests"]):
-            name = (desc.get("annotations") or {}).get(IMAGE_NAME)
+            annotations = desc.get("annotations")
+            name = annotations.get(IMAGE_NAME) if isinstance(annotations, dict) else None
             if isinstance(name, str) and name:
                 out.append({"names": [name], "platforms": complete.get(j, [])})
         return out

@@ -145,7 +145,7 @@ def test_kubeconfig_is_0600_and_works_through_the_published_port(built, nested):
     assert str(path) in out
 
 
-def test_status_logs_load_e2e(built, nested, tmp_path):
+def test_status_logs_e2e(built, nested):
     status = built.doit("cluster:status").stdout
     line = next(l for l in status.splitlines() if l.startswith(NESTED))
     assert " 3 " in line and "https://127.0.0.1:" in line and "nested" in line

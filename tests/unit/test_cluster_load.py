@@ -191,6 +191,8 @@ def test_oci_archive_without_image_names_brings_nothing_and_is_refused(tmp_path)
 
 
 def test_loadable_validates_like_the_reader(tmp_path):
+    import json
+
     from ociarchive import tar_bytes
 
     hostile = _archive(tmp_path, tar_bytes([("../escape", b"x"), ("manifest.json", b"[]")]))
@@ -199,6 +201,33 @@ def test_loadable_validates_like_the_reader(tmp_path):
     good = oci([(["example.invalid/g:1"], FILES)])
     with pytest.raises(InputError, match="truncated"):
         archive.loadable(_archive(tmp_path, good[:len(good) // 2], "cut.tar"))
+    # documents of the wrong shape: refused or ignored, never a traceback
+    members = dict(_members_of(good))
+    index = json.loads(members["index.json"])
+    index["manifests"][0]["annotations"] = ["not", "a", "mapping"]
+    odd = tar_bytes([(n, json.dumps(index).encode() if n == "index.json" else d) for n, d in _members_of(good)])
+    assert archive.loadable(_archive(tmp_path, odd, "odd.tar")) == []
+    # a manifest whose config is no descriptor (renamed to its new digest, index.json pointing at it)
+    from ociarchive import sha
+
+    old = index["manifests"][0]["digest"]
+    doc = json.loads(members[f"blobs/sha256/{old[7:]}"])
+    doc["config"] = "not a descriptor"
+    bad = json.dumps(doc).encode()
+    index = json.loads(members["index.json"])
+    index["manifests"][0]["digest"] = f"sha256:{sha(bad)}"
+    swapped = [(f"blobs/sha256/{sha(bad)}", bad) if n == f"blobs/sha256/{old[7:]}" else
+               ("index.json", json.dumps(index).encode()) if n == "index.json" else (n, d) for n, d in _members_of(good)]
+    with pytest.raises(InputError, match="is not an image index.json lists"):
+        archive.loadable(_archive(tmp_path, tar_bytes(swapped), "cfg.tar"))
+
+
+def _members_of(data):
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return [(m.name, tf.extractfile(m).read()) for m in tf]
 
 
 # ------------------------------------------------------------------ arguments
