@@ -106,7 +106,7 @@ def test_podman_is_told_apart_rootful_and_rootless(podman, monkeypatch, which):
 @pytest.mark.parametrize("which, says", [
     ("rootless", "_cluster:engine: ERROR: cluster:up needs a rootful engine; the one at unix://{sock} is rootless Podman "),
     ("rootful", "_cluster:engine: ERROR: cluster:up needs Docker; the engine at unix://{sock} is Podman "),
-])
+], ids=["rootless", "rootful"])
 def test_cluster_up_on_podman_is_refused_before_the_build_and_creates_nothing(podman, tmp_path, which, says):
     project = copy_project(tmp_path / "project")
     sock = podman[which]
