@@ -319,8 +319,8 @@ def render_cluster(cfg, layout):
 # and release stages, the doit glue and the host side of clusters stay out, so an
 # edit there leaves the cluster image as it is (tests/unit/test_cluster_image.py).
 CLUSTER_IMAGE_PACKAGES = ("dindind/base", "dindind/docker", "dindind/cluster")
-HOST_ONLY = ("dindind/cluster/host.py", "dindind/cluster/manifest.py", "dindind/cluster/access.py",
-             "dindind/cluster/kubeconfig.py")
+HOST_ONLY = ("dindind/cluster/host.py", "dindind/cluster/load.py", "dindind/cluster/manifest.py",
+             "dindind/cluster/access.py", "dindind/cluster/kubeconfig.py")
 
 
 def package_files(root=ROOT):

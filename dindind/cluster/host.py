@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 
 from dindind.base import clusterconfig, config, fsutil, proc
-from dindind.docker import containers, engine, images
+from dindind.docker import containers, engine
 from dindind.base.errors import CommandError, DindindError, InputError
 from dindind.cluster import api, create, inside, passthrough, plan as plan_mod
 from dindind.cluster import conformance as conformance_mod
@@ -497,34 +497,12 @@ def logs(cfg, layout, name=None, out=print):
     return dest
 
 
-def load(cfg, layout, image, name=None, out=print):
-    """Import a host image into every node's containerd (k8s.io namespace)."""
-    name = cluster_name(cfg, name)
-    if not image:
-        raise DindindError("no image given", hint="doit cluster:load --image IMAGE [--name NAME]")
-    if engine.image_id(image) is None:
-        raise DindindError(f"no image {image!r} in the host engine", hint="build or pull it first")
-    sh = Shell(name)
-    layout.tmp.mkdir(parents=True, exist_ok=True)
-    tar = layout.tmp / f"load-{os.getpid()}.tar"
-    try:
-        images.save(image, tar, compress=None)
-        targets = [sh.top] if sh.top else sh.nodes
-        for t in targets:
-            with open(tar, "rb") as f:
-                containers.put_archive_file(t, "/var/cache", "dindind-load.tar", f, tar.stat().st_size)
-        for node in sh.nodes:
-            if sh.top:
-                sh.top_run(["sh", "-c", f"docker exec -i {node} ctr -n k8s.io images import --all-platforms - "
-                                        "< /var/cache/dindind-load.tar"])
-            else:
-                sh.run(node, ["ctr", "-n", "k8s.io", "images", "import", "--all-platforms", "/var/cache/dindind-load.tar"])
-                sh.run(node, ["rm", "-f", "/var/cache/dindind-load.tar"])
-        if sh.top:
-            sh.top_run(["rm", "-f", "/var/cache/dindind-load.tar"])
-    finally:
-        tar.unlink(missing_ok=True)
-    out(f"loaded {image} into {len(sh.nodes)} node(s) of {name}")
+def load(cfg, layout, images=(), archives=(), name=None, out=print):
+    """Import host images and docker-archive files into every node's containerd (dindind.cluster.load)."""
+    from dindind.cluster import load as loading
+
+    images, archives = loading.check_args(images, archives)
+    return loading.load(Shell(cluster_name(cfg, name)), layout, images, archives, out)
 
 
 def _images_doc(layout):

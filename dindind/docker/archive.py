@@ -416,11 +416,28 @@ def _json(src, name, missing):
     return _parse_json(src.data(key), name)
 
 
-def _oci_manifests(src):
-    """{config digest: (manifest blob, layer descriptors)} of every OCI manifest index.json reaches."""
-    found = {}
+IMAGE_NAME = "io.containerd.image.name"     # the annotation containerd's importer names an index.json entry by
 
-    def walk(doc, where, depth):
+
+def platform_of(doc):
+    """``os/architecture[/variant]`` of an OCI platform object or an image config, or None without both."""
+    if not isinstance(doc, dict):
+        return None
+    os_, arch, variant = doc.get("os"), doc.get("architecture"), doc.get("variant")
+    if not (isinstance(os_, str) and os_ and isinstance(arch, str) and arch):
+        return None
+    return f"{os_}/{arch}" + (f"/{variant}" if isinstance(variant, str) and variant else "")
+
+
+def _oci_walk(src):
+    """Yield ``(j, leaf descriptor, manifest blob, manifest doc)`` for every OCI image manifest that
+    index.json's entry ``j`` leads to (through nested image indexes), checking each document on the way.
+
+    A manifest or index an image index lists but the archive lacks is a platform this save left
+    out: skipped. One index.json itself lists must be there.
+    """
+
+    def walk(doc, where, depth, top):
         manifests = doc.get("manifests") if isinstance(doc, dict) else None
         if not isinstance(manifests, list):
             raise _Bad(f"{where} lists no manifests")
@@ -439,18 +456,31 @@ def _oci_manifests(src):
                 raise _Bad(f"{blob} does not hash to its name (altered or corrupt)")
             doc2 = _parse_json(data, blob)
             kind = desc.get("mediaType") or (doc2.get("mediaType") if isinstance(doc2, dict) else None)
+            here = j if top is None else top
             if kind in INDEX_TYPES:
                 if depth >= MAX_DEPTH:
                     raise _Bad(f"{blob}: image indexes nested deeper than {MAX_DEPTH}")
-                walk(doc2, blob, depth + 1)
+                yield from walk(doc2, blob, depth + 1, here)
             elif kind in MANIFEST_TYPES:
-                config = (doc2.get("config") or {}).get("digest") if isinstance(doc2, dict) else None
                 layers = doc2.get("layers") if isinstance(doc2, dict) else None
                 if not isinstance(layers, list) or not all(isinstance(x, dict) for x in layers):
                     raise _Bad(f"{blob} is an image manifest without a list of layers")
-                found.setdefault(config, (blob, layers))
+                yield here, desc, blob, doc2
 
-    walk(_json(src, "index.json", "it has oci-layout but no index.json"), "index.json", 0)
+    yield from walk(_json(src, "index.json", "it has oci-layout but no index.json"), "index.json", 0, None)
+
+
+def _config_digest(manifest):
+    """The config digest an image manifest names, or None."""
+    config = manifest.get("config")
+    return config.get("digest") if isinstance(config, dict) else None
+
+
+def _oci_manifests(src):
+    """{config digest: (manifest blob, layer descriptors)} of every OCI manifest index.json reaches."""
+    found = {}
+    for _, _, blob, doc in _oci_walk(src):
+        found.setdefault(_config_digest(doc), (blob, doc["layers"]))
     return found
 
 
@@ -522,6 +552,7 @@ def _image(i, entry, src, oci, verify):
         "labels": dict((cfg.get("config") or {}).get("Labels") or {}),
         "history": history if len(history) == len(keys) else [""] * len(keys),
         "config": blob,
+        "platform": platform_of(cfg),
     }
 
 
@@ -573,6 +604,24 @@ def _scan(tf, size):
     return members
 
 
+def _read_file(path, verify_layers, then):
+    """``then(source, images)`` over the validated docker-archive at ``path``; one InputError naming it."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with tarfile.open(path, "r:") as tf:
+            src = _FileSource(tf, _scan(tf, size), verify_layers)
+            return then(src, _images(src, verify_layers))
+    except _Bad as exc:
+        raise InputError(f"image tarball {path}: {exc}", hint=_HINT) from None
+    except FileNotFoundError:
+        raise InputError(f"image tarball {path} does not exist", hint=_HINT) from None
+    except (tarfile.TarError, EOFError) as exc:
+        raise InputError(f"image tarball {path}: not a readable tar archive ({exc})", hint=_HINT) from None
+    except OSError as exc:
+        raise InputError(f"image tarball {path}: cannot be read ({exc.strerror or exc})", hint=_HINT) from None
+
+
 def read_manifest(path, *, verify_layers=False):
     """Validate the docker-archive (either layout) at ``path``; return its manifest entries.
 
@@ -585,20 +634,53 @@ def read_manifest(path, *, verify_layers=False):
     streamed and checked against its name and the config's digest. No side
     effects.
     """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with tarfile.open(path, "r:") as tf:
-            entries = _images(_FileSource(tf, _scan(tf, size), verify_layers), verify_layers)
-    except _Bad as exc:
-        raise InputError(f"image tarball {path}: {exc}", hint=_HINT) from None
-    except FileNotFoundError:
-        raise InputError(f"image tarball {path} does not exist", hint=_HINT) from None
-    except (tarfile.TarError, EOFError) as exc:
-        raise InputError(f"image tarball {path}: not a readable tar archive ({exc})", hint=_HINT) from None
-    except OSError as exc:
-        raise InputError(f"image tarball {path}: cannot be read ({exc.strerror or exc})", hint=_HINT) from None
+    entries = _read_file(path, verify_layers, lambda src, images: images)
     return [{"RepoTags": e["repo_tags"], "Config": e["config_name"], "Layers": e["layer_names"]} for e in entries]
+
+
+def _complete_platforms(src):
+    """{index.json entry: [platform, ...]}: the platforms whose manifest, config and layers are all there."""
+    found = {}
+    for j, desc, _, doc in _oci_walk(src):
+        digests = [_config_digest(doc)] + [d.get("digest") for d in doc["layers"]]
+        keys = [src.resolve(f"blobs/sha256/{d[7:]}") if isinstance(d, str) and _DIGEST.fullmatch(d) else None
+                for d in digests]
+        if None in keys:
+            continue                # a platform this save left out in part
+        platform = platform_of(desc.get("platform")) or platform_of(_parse_json(src.data(keys[0]), keys[0]))
+        if platform and platform not in found.setdefault(j, []):
+            found[j].append(platform)
+    return found
+
+
+def loadable(path, *, verify_layers=False):
+    """What loading the docker-archive at ``path`` into containerd brings, after validating it as
+    :func:`read_manifest` does: ``[{"names": [...], "platforms": [...]}]``, one per image.
+
+    Legacy layout: one per manifest.json entry, named by its RepoTags, of its
+    config's platform. OCI layout: one per index.json entry named by its
+    ``io.containerd.image.name`` annotation (containerd's importer names
+    images by it and by nothing else there), with each platform whose
+    manifest, config and layers are all in the archive (``docker save`` may
+    keep one platform of a multi-platform index). A platform is
+    ``os/architecture[/variant]``. No side effects.
+    """
+
+    def collect(src, images):
+        if src.resolve("index.json") is None and src.resolve("oci-layout") is None:
+            return [{"names": list(e["repo_tags"]), "platforms": [e["platform"]] if e["platform"] else []}
+                    for e in images]
+        index = _json(src, "index.json", "it has oci-layout but no index.json")
+        complete = _complete_platforms(src)
+        out = []
+        for j, desc in enumerate(index["manifests"]):
+            annotations = desc.get("annotations")
+            name = annotations.get(IMAGE_NAME) if isinstance(annotations, dict) else None
+            if isinstance(name, str) and name:
+                out.append({"names": [name], "platforms": complete.get(j, [])})
+        return out
+
+    return _read_file(path, verify_layers, collect)
 
 
 def repo_tags(path):

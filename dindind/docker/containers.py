@@ -250,34 +250,35 @@ def dangling_volumes():
                                  .get("Volumes") or [])}
 
 
-def put_archive_file(container, directory, name, fileobj, size, mode=0o644):
-    """Stream one (large) file into a container as ``directory/name`` without reading it into memory."""
-    class _TarStream:
-        """A file-like tar of one member, produced on the fly."""
+def put_archive_files(container, directory, files, mode=0o644):
+    """Stream files on disk into a container, as ``directory/name`` for each ``(name, path)`` of ``files``,
+    in one archive (one request), without reading any of them into memory."""
 
-        def __init__(self):
-            ti = tarfile.TarInfo(name)
-            ti.size, ti.mode, ti.mtime = size, mode, int(time.time())
-            self.parts = [ti.tobuf(format=tarfile.GNU_FORMAT)]
-            self.pad = b"\0" * ((512 - size % 512) % 512) + b"\0" * 1024
-
-        def __iter__(self):
-            yield self.parts[0]
-            while True:
-                chunk = fileobj.read(1 << 20)
-                if not chunk:
-                    break
-                yield chunk
-            yield self.pad
+    def stream():
+        for name, path in files:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                ti = tarfile.TarInfo(name)
+                ti.size, ti.mode, ti.mtime = size, mode, int(time.time())
+                yield ti.tobuf(format=tarfile.GNU_FORMAT)
+                left = size
+                while left > 0:
+                    chunk = f.read(min(1 << 20, left))
+                    if not chunk:
+                        raise EngineError(f"{path} shrank while it was copied into {container}")
+                    left -= len(chunk)
+                    yield chunk
+                yield b"\0" * ((512 - size % 512) % 512)
+        yield b"\0" * 1024
 
     api = engine.client()
     url = api._url("/containers/{0}/archive", container)
+    what = ", ".join(name for name, _ in files)
     try:
-        res = api._put(url, params={"path": directory}, data=iter(_TarStream()),
-                       headers={"Content-Type": "application/x-tar"})
+        res = api._put(url, params={"path": directory}, data=stream(), headers={"Content-Type": "application/x-tar"})
         api._raise_for_status(res)
     except engine.sdk_errors() as exc:
-        raise EngineError(f"failed to copy {name} into {container}: {engine.explain(exc)}") from None
+        raise EngineError(f"failed to copy {what} into {container}: {engine.explain(exc)}") from None
 
 
 def get_dir(container, path, dest):

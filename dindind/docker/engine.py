@@ -11,10 +11,12 @@ engine is one line saying how to start one.
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import time
 import urllib.parse
+from dataclasses import dataclass
 
 from dindind.base import fsutil, proc
 from dindind.base.errors import DindindError, EngineError
@@ -87,6 +89,78 @@ def stamp_uptodate(stamp_path):
     except (KeyError, TypeError, DindindError):
         # engine unreachable: not known to be up to date; the action then fails with one clear line
         return False
+
+
+# ------------------------------------------------------------------ which engine answers
+
+ROOTLESS_WHY = "its containers cannot get the privileges the nodes' systemd, containerd and kubelet need"
+ROOTFUL_HINT = ("use a rootful engine: unset DOCKER_HOST for the system's dockerd (/var/run/docker.sock), or "
+                "`sudo python -m dindind engine` to start one")
+PODMAN_WHY = ("dindind's tasks drive Docker's API, and Podman's differs where they rely on it: its image import "
+              "drops the tag, its default rlimits can exceed what the host grants")
+PODMAN_HINT = ("build with Docker, `podman load` the cluster image and run it with `podman run --privileged` "
+               "(README: Engines); or use a rootful Docker")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Which engine answers on the socket: ``name`` ("docker" or "podman"), ``version``, ``rootless``."""
+
+    name: str
+    version: str
+    rootless: bool
+
+    def __str__(self):
+        return f"{'rootless ' if self.rootless else ''}{'Podman' if self.name == 'podman' else 'Docker'} {self.version}"
+
+
+def classify(version, info):
+    """The :class:`Kind` an engine's ``GET /version`` and ``GET /info`` replies (parsed JSON) describe.
+
+    Podman's Docker-compatible API names itself in /version: a component
+    "Podman Engine", and a Platform of the form ``os/arch/distribution-version``
+    (Docker's is empty or its edition, "Docker Engine - Community"); a rootless engine,
+    Docker or Podman, says ``name=rootless`` among /info's SecurityOptions
+    (Podman also answers ``Rootless: true``). Pure; no I/O.
+    """
+    version = version if isinstance(version, dict) else {}
+    info = info if isinstance(info, dict) else {}
+    components = [c.get("Name", "") for c in version.get("Components") or [] if isinstance(c, dict)]
+    platform = ((version.get("Platform") or {}).get("Name") or "") if isinstance(version.get("Platform"), dict) else ""
+    podman = any("podman" in str(c).lower() for c in components) or bool(re.fullmatch(r"[a-z]+/[^/ ]+/\S+", platform))
+    options = [o for o in info.get("SecurityOptions") or [] if isinstance(o, str)]
+    rootless = info.get("Rootless") is True or any("name=rootless" in o.split(",") for o in options)
+    return Kind("podman" if podman else "docker", str(version.get("Version") or "unknown"), rootless)
+
+
+def _get_json(path):
+    status, body = _raw_get(path)
+    if status != 200:
+        raise EngineError(f"the engine answered GET {path} with HTTP {status}", hint=START_HINT)
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise EngineError(f"the engine answered GET {path} with something that is not JSON") from None
+
+
+def kind():
+    """The :class:`Kind` of the engine answering on the socket (two API calls, no SDK)."""
+    return classify(_get_json("/version"), _get_json("/info"))
+
+
+def require_docker(what):
+    """EngineError, one line, unless a rootful Docker answers: ``what`` (e.g. "cluster:up") cannot run on a
+    rootless engine, and dindind does not drive Podman's Docker API. Called before anything is created;
+    returns the :class:`Kind`.
+    """
+    k = kind()
+    where = f"unix://{_socket_path()}"
+    if k.rootless:
+        raise EngineError(f"{what} needs a rootful engine; the one at {where} is {k} ({ROOTLESS_WHY})",
+                          hint=ROOTFUL_HINT)
+    if k.name == "podman":
+        raise EngineError(f"{what} needs Docker; the engine at {where} is {k} ({PODMAN_WHY})", hint=PODMAN_HINT)
+    return k
 
 
 # ------------------------------------------------------------------ the SDK

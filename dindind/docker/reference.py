@@ -56,6 +56,15 @@ class Reference:
             return f"library/{self.path}"
         return self.path
 
+    @property
+    def full(self):
+        """The reference as containerd names an image loaded or pulled under it (docker's normalization):
+        ``docker.io/library/busybox:latest`` for ``busybox``; the tag ``latest`` when none is given;
+        only the digest when both are."""
+        domain = "docker.io" if self.registry == DOCKER_HUB else self.domain
+        name = f"{domain}/{self.remote if domain == 'docker.io' else self.path}"
+        return f"{name}@{self.digest}" if self.digest else f"{name}:{self.tag or 'latest'}"
+
 
 def _looks_like_domain(component):
     return "." in component or ":" in component or component == "localhost" or component != component.lower()

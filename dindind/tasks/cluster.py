@@ -52,14 +52,15 @@ def _pattern_option(option):
     return _param(regex)
 
 
-def _image(text):
-    if text and not config_mod.re.fullmatch(config_mod.IMAGE_REF_RE, text):
-        raise DindindError(f"--image {text!r} is not an image reference", hint="e.g. --image busybox:latest")
-    return text
-
-
 NAME = {"name": "name", "long": "name", "type": _param(_name), "default": "",
         "help": "cluster name (default: cluster.name from the config, 'dindind')"}
+
+
+@action
+def do_check_engine(what):
+    from dindind.docker import engine
+
+    engine.require_docker(what)
 
 
 def _cluster_config(text):
@@ -142,11 +143,11 @@ def do_logs(config_path, root, name):
 
 
 @action
-def do_load(config_path, root, name, image):
+def do_load(config_path, root, name, image, archive):
     from dindind.cluster import host
 
     cfg, lay = _ctx(config_path, root)
-    host.load(cfg, lay, image, name or None)
+    host.load(cfg, lay, image, archive, name or None)
 
 
 @action
@@ -160,9 +161,12 @@ def do_e2e(config_path, root, name, focus, skip, parallel, flake_attempts, confo
 def cluster_tasks(config_path, root):
     args = (str(config_path) if config_path else None, str(root))
     common = {"uptodate": [False], "verbosity": 2}
+    # before the build cluster:up depends on: an engine it cannot drive is refused at once, not after a build
+    yield {"basename": "_cluster:engine", "doc": "refuse an engine cluster:up cannot drive (rootless, Podman)",
+           "actions": [(do_check_engine, ("cluster:up",))], **common}
     yield {"basename": "cluster:up",
            "doc": "bring up a cluster: [--config FILE] --name N --workers K [--retain] [--wait SECONDS]",
-           "actions": [(do_up, args)], "task_dep": ["build"], **common,
+           "actions": [(do_up, args)], "task_dep": ["_cluster:engine", "build"], **common,
            "params": [NAME,
                       {"name": "cluster_config", "long": "config", "type": _cluster_config, "default": "",
                        "help": "a cluster config (apiVersion: dindind.dev/v1alpha1, kind: Cluster): nodes, "
@@ -202,10 +206,14 @@ def cluster_tasks(config_path, root):
     yield {"basename": "cluster:logs",
            "doc": "collect docker inspect, kubelet/containerd journals, /var/log into artifacts/clusters/<name>/logs",
            "actions": [(do_logs, args)], "params": [NAME], **common}
-    yield {"basename": "cluster:load", "doc": "import a host image into every node's containerd (--image IMG)",
+    yield {"basename": "cluster:load",
+           "doc": "import host images and docker-archives into every node's containerd, for the nodes' platform "
+                  "(--image IMG ... --archive FILE ..., each repeatable)",
            "actions": [(do_load, args)], **common,
-           "params": [NAME, {"name": "image", "long": "image", "type": _param(_image), "default": "",
-                             "help": "the image to load"}]}
+           "params": [NAME, {"name": "image", "long": "image", "type": list, "default": [],
+                             "help": "a host image to load (repeatable)"},
+                      {"name": "archive", "long": "archive", "type": list, "default": [],
+                       "help": "a docker-archive file (docker save -o) to load (repeatable)"}]}
     yield {"basename": "cluster:e2e",
            "doc": "run e2e.test under ginkgo in the cluster (--conformance: the [Conformance] tests the preloaded "
                   "images allow); JUnit XML and a summary into artifacts/clusters/<name>/e2e",

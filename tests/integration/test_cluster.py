@@ -17,13 +17,14 @@ import subprocess
 import pytest
 
 from dindind.base import config
-from dindind.docker import containers
-from dindind.cluster import api, host
+from dindind.docker import archive, containers
+from dindind.cluster import api, host, load
 from dindind.cluster import kubeconfig as userkc
 from dindind.cluster.actions import cni
 from dindind.cluster.plan import CLUSTER_LABEL
 
 from conftest import doit
+from ociarchive import oci, tar_bytes
 
 pytestmark = pytest.mark.engine
 
@@ -271,7 +272,7 @@ def test_bad_input_to_the_new_verbs_is_one_error(built):
     one_error(built.doit("cluster:nodes", "--name", "Bad_Name", check=False), "invalid --name 'Bad_Name'")
 
 
-def test_status_logs_load_e2e(built, nested, tmp_path):
+def test_status_logs_e2e(built, nested):
     status = built.doit("cluster:status").stdout
     line = next(l for l in status.splitlines() if l.startswith(NESTED))
     assert " 3 " in line and "https://127.0.0.1:" in line and "nested" in line
@@ -280,23 +281,93 @@ def test_status_logs_load_e2e(built, nested, tmp_path):
     assert "kubelet" in (logs / f"{NESTED}-worker" / "kubelet.log").read_text()
     assert (logs / f"{NESTED}-control-plane" / "inspect.json").exists()
     assert (logs / "dockerd.log").exists()
-    # load: a tiny image into every node
-    (tmp_path / "root").mkdir()
-    (tmp_path / "root" / "hello").write_text("hi\n")
-    subprocess.run(f"tar -C {tmp_path / 'root'} -c . | docker import - dindind-test/load:1", shell=True,
-                   check=True, stdout=subprocess.DEVNULL)
-    try:
-        built.doit("cluster:load", "--name", NESTED, "--image", "dindind-test/load:1")
-        sh = host.Shell(NESTED)
-        for node in sh.nodes:
-            _, images = sh.run(node, ["ctr", "-n", "k8s.io", "images", "ls", "-q"])
-            assert "docker.io/dindind-test/load:1" in images.split(), node
-    finally:
-        subprocess.run(["docker", "rmi", "dindind-test/load:1"], stdout=subprocess.DEVNULL)
     e2e = built.doit("cluster:e2e", "--name", NESTED, "--focus", "Conformance", "--parallel", "2")
     junit = built.path / "artifacts" / "clusters" / NESTED / "e2e" / "junit_01.xml"
     assert 'failures="0"' in junit.read_text()
     assert "focus='Conformance'" in e2e.stdout
+
+
+# ------------------------------------------------------------------ cluster:load
+
+# per test session: two sessions on one engine never load or remove each other's images
+TAG = f"t{os.getpid()}"
+IMAGE, SINGLE, MULTI = (f"dindind-test/{what}:{TAG}" for what in ("load", "single", "multi"))
+LOADED = [f"docker.io/{ref}" for ref in (IMAGE, SINGLE, MULTI)]
+
+
+def node_images(sh, node):
+    return set(sh.run(node, ["ctr", "-n", "k8s.io", "images", "ls", "-q"])[1].split())
+
+
+def no_load_files(sh):
+    """Whether no copy of cluster:load is left where it copies to (the top-level container or each node)."""
+    targets = [sh.top] if sh.top else sh.nodes
+    return all(containers.exec_in(t, ["sh", "-c", "ls /var/cache | grep dindind-load || true"])[1].strip() == ""
+               for t in targets)
+
+
+@pytest.fixture
+def load_inputs(tmp_path):
+    """(a host image, a plain single-platform archive written by this engine's docker save, a function giving a
+    multi-platform OCI archive whose index lists a node's platform and another whose blobs are absent)."""
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "hello").write_text("hi\n")
+    for ref in (IMAGE, SINGLE):
+        subprocess.run(f"tar -C {tmp_path / 'root'} -c . | docker import - {ref}", shell=True, check=True,
+                       stdout=subprocess.DEVNULL)
+    single = tmp_path / "single.tar"
+    try:
+        subprocess.run(["docker", "save", "-o", single, SINGLE], check=True)
+    finally:
+        subprocess.run(["docker", "rmi", SINGLE], stdout=subprocess.DEVNULL)
+
+    def multi(sh):
+        platform = load.platform_from_plugins(sh.run(sh.nodes[0], ["ctr", "plugins", "ls"])[1])
+        other = "linux/s390x" if platform != "linux/s390x" else "linux/arm64"
+        path = tmp_path / "multi.tar"
+        path.write_bytes(oci([([f"docker.io/{MULTI}"], [{"etc/multi": b"multi\n"}])], nested=True,
+                             platform=platform, absent=other))
+        assert archive.loadable(path) == [{"names": [f"docker.io/{MULTI}"], "platforms": [platform]}]
+        return platform, path
+
+    try:
+        yield IMAGE, single, multi
+    finally:
+        subprocess.run(["docker", "rmi", IMAGE], stdout=subprocess.DEVNULL)
+
+
+def test_load_images_and_archives_of_both_kinds_for_the_nodes_platform(built, nested, load_inputs, tmp_path):
+    image, single, make_multi = load_inputs
+    sh = host.Shell(NESTED)
+    platform, multi = make_multi(sh)
+    # what the old `--all-platforms` import does with such an archive: containerd looks for the absent platform
+    containers.put_archive_files(sh.top, "/var/cache", [("t-multi.tar", multi)])
+    code, out = sh.top_run(["sh", "-c", f"docker exec -i {sh.nodes[0]} ctr -n k8s.io images import --all-platforms "
+                                        "- < /var/cache/t-multi.tar; s=$?; rm -f /var/cache/t-multi.tar; exit $s"],
+                           check=False)
+    assert code != 0 and "not found" in out, out
+    # a hostile archive beside good ones: one error, nothing copied
+    hostile = tmp_path / "hostile.tar"
+    hostile.write_bytes(tar_bytes([("manifest.json", b"[]"), ("../../etc/cron.d/x", b"* * * * * root id\n")]))
+    bad = built.doit("cluster:load", "--name", NESTED, "--image", image, "--archive", multi, "--archive", hostile,
+                     check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stdout + bad.stderr
+    assert [line for line in bad.stderr.splitlines() if "ERROR" in line] == \
+        [f"cluster:load: ERROR: image tarball {hostile}: entry '../../etc/cron.d/x' escapes the archive "
+         "(absolute path or '..')"]
+    assert no_load_files(sh)
+    for node in sh.nodes:
+        assert not set(LOADED) & node_images(sh, node), node
+    # the host image and both archives, in one go
+    run = built.doit("cluster:load", "--name", NESTED, "--image", image, "--archive", single, "--archive", multi)
+    assert f"loaded 3 image(s) for {platform} into 3 node(s) of {NESTED}" in run.stdout, run.stdout
+    for node in sh.nodes:
+        assert set(LOADED) <= node_images(sh, node), node
+    _, out = sh.run(sh.nodes[2], ["ctr", "-n", "k8s.io", "images", "check"])
+    assert all(any(line.split()[0] == ref and " complete " in line for line in out.splitlines()[1:])
+               for ref in LOADED), out
+    assert no_load_files(sh)
+    assert not list((built.path / "artifacts" / "tmp").glob("load-*"))
 
 
 def test_name_in_use_is_refused(built, nested):
@@ -416,7 +487,7 @@ def test_failed_up_cleans_up_unless_retained(built, tmp_path, dangling_before):
     assert containers.dangling_volumes() - dangling_before == set()
 
 
-def test_non_nested_mode(built, tmp_path, dangling_before):
+def test_non_nested_mode(built, tmp_path, dangling_before, load_inputs):
     cfg = tmp_path / "direct.yaml"
     cfg.write_text(built.config.read_text().replace("cluster:\n", "cluster:\n  nested: false\n", 1))
     user = user_kubeconfig(tmp_path)
@@ -450,6 +521,16 @@ def test_non_nested_mode(built, tmp_path, dangling_before):
              env={"KUBECONFIG": str(user)})
         assert userkc.read(user)["current-context"] == "dindind-t-direct"
         assert all(api.node_readiness(user.read_bytes()).values())
+        # cluster:load straight into each node
+        image, single, make_multi = load_inputs
+        sh = host.Shell("t-direct")
+        platform, multi = make_multi(sh)
+        run = doit(built.path, f"config={cfg}", "cluster:load", "--name", "t-direct", "--image", image,
+                   "--archive", single, "--archive", multi)
+        assert f"loaded 3 image(s) for {platform} into 2 node(s) of t-direct" in run.stdout, run.stdout
+        for node in sh.nodes:
+            assert set(LOADED) <= node_images(sh, node), node
+        assert no_load_files(sh)
     finally:
         # without $KUBECONFIG: the merge was recorded, down finds the file by that
         down = doit(built.path, f"config={cfg}", "cluster:down", "--name", "t-direct")

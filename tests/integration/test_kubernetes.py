@@ -173,7 +173,7 @@ def test_kubectl_logs_and_exec(cluster, web):
 
 def test_an_image_loaded_from_the_host_runs_as_a_pod(cluster, web):
     # the web pods run TOOLBOX, which exists only because cluster:load put it into every node
-    assert "loaded dindind-test/toolbox:1 into 3 node(s)" in cluster["load"].stdout
+    assert f"into 3 node(s) of {NAME}: docker.io/{TOOLBOX}\n" in cluster["load"].stdout
     k = cluster["kubectl"]
     k("run", "once", f"--image={TOOLBOX}", "--image-pull-policy=Never", "--restart=Never", "--",
       "sh", "-c", "echo loaded-image-ran")

@@ -57,7 +57,7 @@ def test_the_cluster_image_carries_everything_the_entry_point_imports_and_nothin
     shipped = {p.relative_to(ROOT).as_posix() for p in images.package_files(ROOT)}
     assert closure <= shipped, closure - shipped
     assert not [f for f in shipped if f.startswith(("dindind/build/", "dindind/release/", "dindind/tasks/"))]
-    assert "dindind/cluster/host.py" not in shipped
+    assert "dindind/cluster/host.py" not in shipped and "dindind/cluster/load.py" not in shipped
     # the image's Python is Debian's python3 with python3-docker, -yaml and -jinja2: no doit there
     assert "doit" not in outside, outside
     assert outside <= {"docker", "yaml", "jinja2", "requests"} | set(__import__("sys").stdlib_module_names), outside
@@ -72,7 +72,7 @@ def test_editing_build_release_or_the_glue_leaves_the_cluster_image_inputs_uncha
     proj = copy_project(tmp_path / "p")
     before = _inputs(proj)
     for rel in ("dindind/build/debs.py", "dindind/build/sources/sample.py", "dindind/release/verify.py",
-                "dindind/tasks/__init__.py", "dindind/cluster/host.py"):
+                "dindind/tasks/__init__.py", "dindind/cluster/host.py", "dindind/cluster/load.py"):
         with open(proj / rel, "a") as f:
             f.write("# an edit that is no concern of the cluster image\n")
     assert _inputs(proj) == before

@@ -276,92 +276,9 @@ def test_docker_load_accepts_written_archive(tmp_path):
 # layers gzip-compressed), one image or several.
 
 import gzip as _gzip
-import hashlib
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-TAR = "application/vnd.oci.image.layer.v1.tar"
-TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-TAR_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-
-
-def _sha(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def _layer(files):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        for name, data in sorted(files.items()):
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def _tar_bytes(entries):
-    """A tar of [(name, bytes)] in the order given."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        for name, data in entries:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def _oci(images, *, compress=None, media_type=None, manifest_first=False, nested=False, drop=(),
-         extra_index=(), tamper=None):
-    """The bytes of an OCI-layout docker-archive of ``images`` ([(tags, [layer files, ...])]).
-
-    ``compress``: None or "gzip" (or a callable); ``media_type``: override the
-    layers' media type; ``nested``: index.json -> image index -> manifest,
-    with a second platform's manifest absent; ``drop``: blob names to leave
-    out; ``tamper(name, data)``: change a member's bytes.
-    """
-    blobs, manifest_json, index = {}, [], []
-
-    def put(data):
-        blobs[f"blobs/sha256/{_sha(data)}"] = data
-        return f"sha256:{_sha(data)}"
-
-    for tags, layers in images:
-        plain = [_layer(files) for files in layers]
-        stored = [_gzip.compress(p, mtime=0) if compress == "gzip" else compress(p) if compress else p
-                  for p in plain]
-        config = json.dumps({"architecture": "amd64", "os": "linux",
-                             "config": {"Labels": {"org.opencontainers.image.title": tags[0]}},
-                             "rootfs": {"type": "layers", "diff_ids": [f"sha256:{_sha(p)}" for p in plain]},
-                             "history": [{"created_by": f"layer {i}"} for i in range(len(plain))]}).encode()
-        cfg = put(config)
-        descs = [{"mediaType": media_type or (TAR_GZIP if compress == "gzip" else TAR),
-                  "digest": put(s), "size": len(s)} for s in stored]
-        manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                          "digest": cfg, "size": len(config)},
-                               "layers": descs}).encode()
-        desc = {"mediaType": OCI_MANIFEST, "digest": put(manifest), "size": len(manifest),
-                "annotations": {"io.containerd.image.name": tags[0]}}
-        if nested:
-            other = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "e" * 64, "size": 1,
-                     "platform": {"architecture": "arm64", "os": "linux"}}
-            inner = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
-                                "manifests": [other, dict(desc, platform={"architecture": "amd64",
-                                                                          "os": "linux"})]}).encode()
-            desc = {"mediaType": OCI_INDEX, "digest": put(inner), "size": len(inner)}
-        index.append(desc)
-        manifest_json.append({"Config": f"blobs/sha256/{cfg[7:]}", "RepoTags": list(tags),
-                              "Layers": [f"blobs/sha256/{d['digest'][7:]}" for d in descs]})
-    index += list(extra_index)
-    docs = [("index.json", json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index}).encode()),
-            ("manifest.json", json.dumps(manifest_json).encode()),
-            ("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')]
-    entries = [(n, d) for n, d in sorted(blobs.items()) if n not in drop]
-    entries = docs + entries if manifest_first else entries + docs
-    if tamper:
-        entries = [(n, tamper(n, d)) for n, d in entries]
-    return _tar_bytes(entries)
-
+from ociarchive import OCI_MANIFEST, TAR, TAR_GZIP, TAR_ZSTD
+from ociarchive import oci as _oci, sha as _sha, tar_bytes as _tar_bytes
 
 LAYER_FILES = [{"etc/os-release": b"VERSION_CODENAME=trixie\n", "usr/bin/a": b"a" * 3000},
                {"usr/bin/b": b"b" * 100}]

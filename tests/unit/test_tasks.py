@@ -55,7 +55,6 @@ BAD_PARAMS = [
     (["cluster:down", "--name", "/etc"], "invalid --name '/etc'"),
     (["cluster:kubeconfig", "--name", "a/../../b"], "invalid --name"),
     (["cluster:logs", "--name", "Upper"], "invalid --name 'Upper'"),
-    (["cluster:load", "--image", "Bad:IMG"], "--image 'Bad:IMG' is not an image reference"),
     (["cluster:e2e", "--focus", "("], "--focus '(' is not a valid regular expression"),
     (["cluster:e2e", "--parallel", "0"], "--parallel: '0' is out of range"),
     (["cluster:e2e", "--flake-attempts", "1e3"], "--flake-attempts: '1e3' is not a whole number"),
@@ -79,6 +78,29 @@ def test_bad_task_parameters_are_one_line_before_anything_runs(tmp_path, args, m
     # nothing created but doit's own dependency database (opened before options are parsed); not even the lock
     assert [p.name for p in (proj / "artifacts").iterdir()] in ([], [".doit.db"])
     assert (outside / "keep").read_text() == "x"
+
+
+# cluster:load's --image and --archive repeat (doit list options, which take no converter): checked by the
+# task before anything else, still one error, nothing created
+BAD_LOAD = [
+    (["--image", "busybox", "--image", "Bad:IMG"], "--image 'Bad:IMG' is not an image reference"),
+    (["--archive", "no-such.tar"], "--archive no-such.tar: no such file"),
+    (["--archive", "artifacts"], "--archive artifacts: not a regular file"),
+    ([], "nothing to load: give --image or --archive"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_LOAD, ids=[" ".join(a) or "none" for a, _ in BAD_LOAD])
+def test_bad_load_arguments_are_one_error_and_create_nothing(tmp_path, args, message):
+    from conftest import copy_project, doit
+
+    proj = copy_project(tmp_path / "p")
+    r = doit(proj, "cluster:load", "--name", "t-none", *args, check=False)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr + r.stdout
+    errors = [line for line in r.stderr.splitlines() if "ERROR: " in line]
+    assert len(errors) == 1 and message in errors[0], r.stderr
+    assert [p.name for p in (proj / "artifacts").iterdir()] in ([], [".doit.db"])
 
 
 def test_cluster_paths_stay_inside_artifacts_clusters(tmp_path):
