@@ -1,8 +1,10 @@
 """The versioned cluster config: ``apiVersion: dindind.dev/v1alpha1``, ``kind: Cluster``.
 
 What one cluster looks like - its nodes with their roles, labels, kubelet
-arguments, kubeadm patches, mounts and ports, and its network - in a file of
-its own beside the build config, after kind's v1alpha4 Cluster. ``doit
+arguments, kubeadm patches, mounts and ports, its network, and the Kubernetes
+knobs (featureGates, runtimeConfig, containerdConfigPatches: TOML, parsed here
+with tomllib) - in a file of its own beside the build config, after kind's
+v1alpha4 Cluster. ``doit
 cluster:up --config FILE`` reads it, and so does the cluster image
 (``--config FILE`` or ``--config-json JSON`` after the image).
 
@@ -18,13 +20,14 @@ the known ones, and nothing else is judged (the rest is that version's shape).
 
 The build config's ``cluster:`` keys that describe the same things
 (:data:`LEGACY_KEYS`) keep working; :func:`deprecation` is the one line that
-says so when a config changes them.
+says so when a config changes them. New keys are in this file only.
 """
 
 import json
 import os
 import posixpath
 import re
+import tomllib
 from pathlib import Path
 
 from dindind.base import config
@@ -70,6 +73,17 @@ OWN_KUBELET_ARGS = {"node-ip": "dindind sets each node's address", "provider-id"
                     "node-labels": "write the node's labels under labels: (KEY: VALUE)"}
 
 
+# featureGates names (k8s.io/component-base/featuregate: CamelCase) and runtimeConfig keys (kube-apiserver
+# --runtime-config: api/all, api/ga, api/beta, api/alpha, GROUP/VERSION, v1, GROUP/VERSION/RESOURCE)
+GATE_RE = r"^[A-Z][A-Za-z0-9]{0,99}$"
+GATE_FMT = "a feature gate name: a CamelCase identifier (letters and digits, a capital first), e.g. InPlacePodVerticalScaling"
+RUNTIME_KEY_RE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?(/[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?){0,2}$"
+RUNTIME_KEY_FMT = "an API group/version such as api/alpha, api/all, v1 or resource.k8s.io/v1beta1"
+# the containerd config versions a containerdConfigPatches entry may name (containerd 2 migrates 2 to 3)
+CONTAINERD_VERSIONS = (2, 3)
+MAX_PATCH = 20_000
+
+
 def _in_namespace(namespace, domain):
     return namespace == domain or namespace.endswith("." + domain)
 
@@ -95,6 +109,29 @@ def _abs_path(value):
         return "is not an absolute path"
     if posixpath.normpath(value) in RESERVED_PATHS:
         return "is where dindind mounts something itself; choose another path"
+    return None
+
+
+def _toml_text(value):
+    if "\x00" in value:
+        return "must not contain NUL"
+    if len(value) > MAX_PATCH:
+        return f"is longer than {MAX_PATCH} characters"
+    return None
+
+
+def toml_problem(text):
+    """None, or why containerd could not take ``text`` as a config drop-in (one line)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return f"is not valid TOML: {exc}"
+    if "imports" in doc:
+        return "sets imports: a patch cannot import further files (give each as a patch of its own)"
+    version = doc.get("version")
+    if version is not None and version not in CONTAINERD_VERSIONS:
+        return (f"has version = {show(version)}: containerd config versions are "
+                f"{' and '.join(map(str, CONTAINERD_VERSIONS))} (or leave it out: the node's own is used)")
     return None
 
 
@@ -155,6 +192,16 @@ SPEC = {
                               doc="kubelet arguments of every node"),
     "kubeadmConfigPatches": Field("array", [], items=Field("object", check=config._kubeadm_patch),
                                   doc="mappings deep-merged into the kubeadm document of the same kind, every node"),
+    "featureGates": Field("object", {}, keys=Field("string", pattern=GATE_RE, fmt=GATE_FMT),
+                          values=Field("boolean"),
+                          doc="Kubernetes feature gates (Name: true | false) of kube-apiserver, "
+                              "kube-controller-manager, kube-scheduler, kubelet and kube-proxy"),
+    "runtimeConfig": Field("object", {}, keys=Field("string", pattern=RUNTIME_KEY_RE, fmt=RUNTIME_KEY_FMT),
+                           values=Field("string", enum=["true", "false"]),
+                           doc="kube-apiserver --runtime-config (\"api/alpha\": \"true\"; quote the value)"),
+    "containerdConfigPatches": Field("array", [], items=Field("string", check=_toml_text),
+                                     doc="TOML drop-ins for every node's containerd, "
+                                         "/etc/containerd/conf.d/NN-dindind-patch.toml, in this order"),
 }
 
 # The build config's cluster keys this file replaces: build key -> where it lives here.
@@ -205,6 +252,9 @@ def _cross_check(v, base_dir, check_paths, problems):
         if roles.count("worker") > MAX_WORKERS:
             problems.append(f"nodes: {roles.count('worker')} workers: at most {MAX_WORKERS}")
     _arg_problems("kubeletExtraArgs", v["kubeletExtraArgs"], problems)
+    for i, patch in enumerate(v["containerdConfigPatches"] or ()):
+        if patch is not None and not _toml_text(patch) and (msg := toml_problem(patch)):
+            problems.append(f"containerdConfigPatches[{i}]: {msg}")
     net = v["networking"] or {}
     config.subnet_problems({f"networking.{k}": net.get(k) for k in ("podSubnet", "serviceSubnet", "nodeSubnet")},
                            "networking.podSubnet", problems)

@@ -77,6 +77,9 @@ class Settings:
     wait: int = 180
     retain: bool = False
     nodes: tuple = ()       # NodeSpec, control plane first; () is one control plane and `workers` workers
+    feature_gates: tuple = ()       # ((name, bool), ...), sorted by name
+    runtime_config: tuple = ()      # ((group/version, "true" | "false"), ...), sorted
+    containerd_patches: tuple = ()  # TOML texts, in order
 
     def to_json(self):
         return json.dumps(asdict(self), sort_keys=True)
@@ -87,6 +90,9 @@ class Settings:
         data["kubelet_extra_args"] = tuple(data.get("kubelet_extra_args") or ())
         data["kubeadm_patches"] = tuple(data.get("kubeadm_patches") or ())
         data["nodes"] = tuple(NodeSpec.from_dict(n) for n in data.get("nodes") or ())
+        data["feature_gates"] = tuple(tuple(kv) for kv in data.get("feature_gates") or ())
+        data["runtime_config"] = tuple(tuple(kv) for kv in data.get("runtime_config") or ())
+        data["containerd_patches"] = tuple(data.get("containerd_patches") or ())
         return cls(**data)
 
     def __post_init__(self):
@@ -204,7 +210,10 @@ def from_cluster_config(doc, defaults):
                    api_address=net["apiServerAddress"], api_port=net["apiServerPort"],
                    cni="none" if net["disableDefaultCNI"] else "default",
                    kubelet_extra_args=tuple(doc["kubeletExtraArgs"]),
-                   kubeadm_patches=tuple(doc["kubeadmConfigPatches"]))
+                   kubeadm_patches=tuple(doc["kubeadmConfigPatches"]),
+                   feature_gates=tuple(sorted(doc["featureGates"].items())),
+                   runtime_config=tuple(sorted(doc["runtimeConfig"].items())),
+                   containerd_patches=tuple(doc["containerdConfigPatches"]))
 
 
 def to_cluster_config(settings):
@@ -224,4 +233,6 @@ def to_cluster_config(settings):
                            "podSubnet": settings.pod_subnet, "serviceSubnet": settings.service_subnet,
                            "nodeSubnet": settings.node_subnet, "disableDefaultCNI": settings.cni == "none"},
             "kubeletExtraArgs": list(settings.kubelet_extra_args),
-            "kubeadmConfigPatches": list(settings.kubeadm_patches)}
+            "kubeadmConfigPatches": list(settings.kubeadm_patches),
+            "featureGates": dict(settings.feature_gates), "runtimeConfig": dict(settings.runtime_config),
+            "containerdConfigPatches": list(settings.containerd_patches)}
