@@ -11,6 +11,13 @@ value), and the node's labels as one ``node-labels`` argument, all through
 kubeadm's ``nodeRegistration.kubeletExtraArgs`` - which kubeadm writes to
 /var/lib/kubelet/kubeadm-flags.env, and kubelet puts on its Node object when
 it registers.
+
+The cluster config's featureGates go to every component that has them:
+kube-apiserver, kube-controller-manager and kube-scheduler as a
+``feature-gates`` argument (kubeadm's extraArgs), the KubeletConfiguration's
+and the KubeProxyConfiguration's ``featureGates``; its runtimeConfig to
+kube-apiserver's ``runtime-config``. Both are sorted by name, so the same
+config renders the same text.
 """
 
 import re
@@ -46,6 +53,23 @@ def kubelet_args(plan, node, node_ip):
     return list(args.items())
 
 
+def feature_gates_arg(gates):
+    """The ``--feature-gates`` value of ``gates`` ((name, bool) pairs): Name=true,Other=false, sorted."""
+    return ",".join(f"{k}={'true' if v else 'false'}" for k, v in sorted(gates))
+
+
+def runtime_config_arg(runtime_config):
+    """The ``--runtime-config`` value of ``runtime_config`` ((group/version, "true"|"false") pairs), sorted."""
+    return ",".join(f"{k}={v}" for k, v in sorted(runtime_config))
+
+
+def component_args(settings):
+    """{component: [(flag, value)]}: the extraArgs the cluster config adds to each control-plane component."""
+    gates = [("feature-gates", feature_gates_arg(settings.feature_gates))] if settings.feature_gates else []
+    runtime = [("runtime-config", runtime_config_arg(settings.runtime_config))] if settings.runtime_config else []
+    return {"apiserver_args": gates + runtime, "controller_manager_args": list(gates), "scheduler_args": list(gates)}
+
+
 def context(plan, node, node_ip, control_plane_ip, cgroup_v1=False):
     s = plan.settings
     cp = plan.control_plane
@@ -67,6 +91,8 @@ def context(plan, node, node_ip, control_plane_ip, cgroup_v1=False):
         "cgroup_driver": CGROUP_DRIVER,
         # kubelet >= 1.35 refuses cgroup v1 unless told; cgroup v2 hosts get the plain configuration
         "fail_cgroup_v1": False if cgroup_v1 else None,
+        "feature_gates": sorted(s.feature_gates),      # KubeletConfiguration, KubeProxyConfiguration
+        **component_args(s),
     }
 
 
