@@ -4,13 +4,16 @@ On failure everything the run created is removed (containers with their
 volumes, then volumes, then the network) unless ``retain`` is set.
 """
 
-from dindind.cluster.actions import cni, config, kubeadminit, kubeadmjoin, provision, waitready
+from dindind.cluster.actions import cni, config, containerd, kubeadminit, kubeadmjoin, provision, waitready
 from dindind.cluster.context import Context
 from dindind.cluster.status import Status
 
 
 def actions(settings):
-    steps = [provision, config, kubeadminit]
+    steps = [provision, config]
+    if settings.containerd_patches:
+        steps.append(containerd)        # before kubeadm: the kubelet and the pods see the patched containerd
+    steps.append(kubeadminit)
     if settings.cni != "none":
         steps.append(cni)
     steps += [kubeadmjoin, waitready]
