@@ -2,14 +2,16 @@
 
 One nested cluster of a control plane and a worker, each with labels, kubelet arguments and a
 kubeadm patch of its own, the worker with a host folder mounted and a host port forwarded to it
-(both through the cluster container): what kubeadm was given, what the kubelet was started with,
-what the Nodes carry, the mount and the port, from the host. Then configs that must be refused
+(both through the cluster container), feature gates, runtime-config and two containerd patches: what
+kubeadm was given, what the kubelet was started with, what the Nodes carry, the mount and the port,
+from the host, and what containerd runs with. Then configs that must be refused
 before anything is created.
 """
 
 import json
 import socket
 import time
+import tomllib
 
 import pytest
 import yaml
@@ -40,7 +42,17 @@ nodes:
   labels: {{example.com/tier: front}}
   kubeletExtraArgs: ["--v=4"]
 kubeletExtraArgs: ["--v=2", "--max-pods=30"]
+featureGates: {{InPlacePodVerticalScaling: true, AllAlpha: false}}
+runtimeConfig: {{"api/alpha": "false"}}
+containerdConfigPatches:
+- |
+  [debug]
+    level = "debug"
+- |
+  [plugins.'io.containerd.cri.v1.runtime']
+    max_container_log_line_size = 32768
 """
+GATES = {"AllAlpha": False, "InPlacePodVerticalScaling": True}
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +107,42 @@ def test_kubeadm_and_the_kubelet_get_each_nodes_labels_and_arguments(up):
     _, worker_conf = sh.run(worker, ["cat", "/etc/dindind/kubeadm.conf"])
     _, cp_conf = sh.run(cp, ["cat", "/etc/dindind/kubeadm.conf"])
     assert "maxPods: 42" in worker_conf and "maxPods" not in cp_conf
+
+
+def test_feature_gates_and_runtime_config_reach_every_component(up):
+    sh = host.Shell(NAME)
+    for node in sh.nodes:
+        _, conf = sh.run(node, ["cat", "/etc/dindind/kubeadm.conf"])
+        docs = {d["kind"]: d for d in yaml.safe_load_all(conf) if d}
+        cc = docs["ClusterConfiguration"]
+        args = {part: {a["name"]: a["value"] for a in cc[part]["extraArgs"]}
+                for part in ("apiServer", "controllerManager", "scheduler")}
+        for part in args:
+            assert args[part]["feature-gates"] == "AllAlpha=false,InPlacePodVerticalScaling=true", (node, part)
+        assert args["apiServer"]["runtime-config"] == "api/alpha=false"
+        assert "runtime-config" not in args["controllerManager"] and "runtime-config" not in args["scheduler"]
+        assert docs["KubeletConfiguration"]["featureGates"] == GATES, node
+        assert docs["KubeProxyConfiguration"]["featureGates"] == GATES, node
+
+
+def test_containerd_runs_with_the_patches_merged_into_its_own_config(up):
+    sh = host.Shell(NAME)
+    for node in sh.nodes:
+        _, listing = sh.run(node, ["ls", "/etc/containerd/conf.d"])
+        assert listing.split() == ["01-dindind-patch.toml", "02-dindind-patch.toml"], listing
+        _, first = sh.run(node, ["cat", "/etc/containerd/conf.d/01-dindind-patch.toml"])
+        assert "version = 3\n[debug]\n  level = \"debug\"\n" in first, first
+        _, own = sh.run(node, ["cat", "/etc/containerd/config.toml"])
+        assert 'imports = ["/etc/containerd/conf.d/*.toml"]' in own
+        _, dump = sh.run(node, ["sh", "-c", "containerd config dump 2>/dev/null"])
+        merged = tomllib.loads(dump)
+        assert merged["debug"]["level"] == "debug", dump
+        runtime = merged["plugins"]["io.containerd.cri.v1.runtime"]
+        assert runtime["max_container_log_line_size"] == 32768, dump
+        # merged key by key: the node's own settings of that table are still there
+        assert runtime["restrict_oom_score_adj"] is True and runtime["cni"]["conf_dir"] == "/etc/cni/net.d", dump
+        _, active = sh.run(node, ["systemctl", "is-active", "containerd"])
+        assert active.strip() == "active"
 
 
 def test_the_nodes_carry_their_labels(built, up):
