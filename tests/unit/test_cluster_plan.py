@@ -181,3 +181,41 @@ def test_failed_action_rolls_back_what_was_created_unless_retained(monkeypatch):
         with pytest.raises(DindindError):
             create.create(p, "img", status=Status(out=io.StringIO()), engine=FakeEngine())
         assert removed == expected
+
+
+def test_api_times_parse_to_epoch_seconds():
+    from dindind.cluster import api
+
+    assert api.epoch("1970-01-01T00:00:10Z") == 10
+    assert api.epoch("2026-12-02T15:40:26.123456789Z") == pytest.approx(1796226026.123456789)
+    assert api.epoch("1970-01-01T01:00:10+01:00") == 10
+    for bad in ("", "yesterday", "2026-12-02 15:40:26Z", None):
+        with pytest.raises(DindindError, match="not an RFC 3339 time"):
+            api.epoch(bad)
+
+
+def _node(name, ready, beat):
+    return {"metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": ready, "lastHeartbeatTime": beat}]}}
+
+
+def test_after_a_restart_ready_counts_only_as_reported_since(monkeypatch):
+    from dindind.cluster import api
+
+    old, new = "2026-12-02T15:00:00Z", "2026-12-02T15:10:00Z"
+    since = api.epoch("2026-12-02T15:05:00Z")
+    nodes = [_node("a", "True", old), _node("b", "True", old), _node("c", "True", new), _node("d", "False", new)]
+    leases = [{"metadata": {"name": "a"}, "spec": {"renewTime": "2026-12-02T15:05:01.000001Z"}},
+              {"metadata": {"name": "b"}, "spec": {"renewTime": "2026-12-02T15:04:59.999999Z"}}]
+    answers = {"/api/v1/nodes": (200, {"items": nodes}), api.LEASES: (200, {"items": leases})}
+    monkeypatch.setattr(api, "get", lambda kc, path, server=None, timeout=5: answers[path])
+    # before the restart's kubelets report, the API still says Ready (what a restart must not take for Ready)
+    assert api.node_readiness(b"kc") == {"a": True, "b": True, "c": True, "d": False}
+    # a: its lease renewed since; b: nothing since; c: its heartbeat; d: not Ready at all
+    assert api.node_readiness(b"kc", since=since) == {"a": True, "b": False, "c": True, "d": False}
+    answers[api.LEASES] = (404, "not found")      # the sample's API stand-in serves no leases
+    assert api.node_readiness(b"kc", since=since) == {"a": False, "b": False, "c": True, "d": False}
+    answers[api.LEASES] = (403, "forbidden")
+    with pytest.raises(DindindError, match="answered 403"):
+        api.node_readiness(b"kc", since=since)
+
