@@ -154,9 +154,9 @@ def cluster_tasks(config_path, root):
                        "help": "seconds to wait for Ready (0: return once the containers are up)"}]}
     yield {"basename": "cluster:down", "doc": "remove a cluster: its containers, volumes and network (--name N)",
            "actions": [(do_down, args)], "params": [NAME], **common}
-    yield {"basename": "cluster:stop", "doc": "stop a nested cluster's container; its nodes stop cleanly (--name N)",
+    yield {"basename": "cluster:stop", "doc": "stop a cluster (nested: its container); its nodes stop cleanly (--name N)",
            "actions": [(do_stop, args)], "params": [NAME], **common}
-    yield {"basename": "cluster:start", "doc": "start a stopped nested cluster again and wait until it is Ready (--name N)",
+    yield {"basename": "cluster:start", "doc": "start a stopped cluster again and wait until it is Ready (--name N)",
            "actions": [(do_start, args)], "params": [NAME], **common}
     yield {"basename": "cluster:status", "doc": "list every cluster: name, nodes, API address, age",
            "actions": [(do_status,)], **common}
