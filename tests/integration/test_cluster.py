@@ -264,6 +264,18 @@ def test_non_nested_mode(built, tmp_path, dangling_before):
         assert api.node_readiness(kc.read_bytes()) == {"t-direct-control-plane": True, "t-direct-worker": True}
         row = next(r for r in host.clusters() if r["name"] == "t-direct")
         assert row["nodes"] == 2 and not row["nested"]
+        # stop and start run the image's own restart (create.stop/restart) here, on the host's engine
+        stop = doit(built.path, f"config={cfg}", "cluster:stop", "--name", "t-direct")
+        assert "stopped cluster t-direct" in stop.stdout
+        for node in ("t-direct-control-plane", "t-direct-worker"):
+            assert containers.inspect_container(node)["State"]["Running"] is False
+        kc.unlink()         # start reads admin.conf from the control plane and exports it again
+        start = doit(built.path, f"config={cfg}", "cluster:start", "--name", "t-direct", timeout=600)
+        assert " ✓ Starting nodes" in start.stdout and " ✓ Installing CNI" in start.stdout, start.stdout
+        assert "cluster t-direct is Ready again in " in start.stdout, start.stdout
+        assert stat.S_IMODE(kc.stat().st_mode) == 0o600
+        assert api.node_readiness(kc.read_bytes()) == {"t-direct-control-plane": True, "t-direct-worker": True}
+        assert len(labelled("t-direct")["containers"]) == 2     # the same containers, nothing new
     finally:
         doit(built.path, f"config={cfg}", "cluster:down", "--name", "t-direct")
     assert_gone("t-direct")
