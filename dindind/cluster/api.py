@@ -1,11 +1,14 @@
 """Talk to a cluster's API server with a kubeconfig's own credentials (stdlib only)."""
 
 import base64
+import calendar
 import http.client
 import json
 import os
+import re
 import ssl
 import tempfile
+import time
 import urllib.parse
 
 import yaml
@@ -63,14 +66,62 @@ def get(kubeconfig, path, server=None, timeout=5):
         return resp.status, body.decode(errors="replace")
 
 
-def node_readiness(kubeconfig, server=None, timeout=5):
-    """{node name: True/False} from GET /api/v1/nodes."""
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+TIME_RE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+def epoch(text):
+    """Seconds since the epoch of an RFC 3339 time as the API and the engine write it (up to nanoseconds)."""
+    m = TIME_RE.fullmatch(text or "")
+    if not m:
+        raise DindindError(f"not an RFC 3339 time: {text!r}")
+    seconds = calendar.timegm(time.strptime(m[1], "%Y-%m-%dT%H:%M:%S")) + float(m[2] or 0)
+    if m[3] != "Z":
+        sign = 1 if m[3][0] == "+" else -1
+        seconds -= sign * (int(m[3][1:3]) * 3600 + int(m[3][4:6]) * 60)
+    return seconds
+
+
+def _reported(item):
+    """When the node's kubelet last reported its Ready condition (epoch seconds), or None."""
+    for c in item.get("status", {}).get("conditions", []):
+        if c.get("type") == "Ready" and c.get("lastHeartbeatTime"):
+            return epoch(c["lastHeartbeatTime"])
+    return None
+
+
+def _renewed(kubeconfig, server, timeout):
+    """{node name: epoch seconds its kubelet last renewed its Lease}; {} where the API serves no leases."""
+    status, body = get(kubeconfig, LEASES, server, timeout=timeout)
+    if status == 404:
+        return {}
+    if status != 200:
+        raise DindindError(f"GET {LEASES} answered {status}: {str(body)[:200]}")
+    return {i["metadata"]["name"]: epoch(i["spec"]["renewTime"]) for i in body.get("items", [])
+            if (i.get("spec") or {}).get("renewTime")}
+
+
+def node_readiness(kubeconfig, server=None, timeout=5, since=None):
+    """{node name: True/False} from GET /api/v1/nodes.
+
+    With ``since`` (epoch seconds on the nodes' clock), a node counts as
+    Ready only if its kubelet has reported since then: its Lease renewed or
+    its Ready condition's heartbeat. After a restart the API serves the
+    Ready of before the stop until the node controller notices the silence
+    (~40 s), so without this a restarted cluster looks Ready as soon as the
+    API server answers, before any other kubelet runs.
+    """
     status, body = get(kubeconfig, "/api/v1/nodes", server, timeout=timeout)
     if status != 200:
         raise DindindError(f"GET /api/v1/nodes answered {status}: {str(body)[:200]}")
+    renewed = _renewed(kubeconfig, server, timeout) if since is not None else {}
     ready = {}
     for item in body.get("items", []):
+        name = item["metadata"]["name"]
         conds = item.get("status", {}).get("conditions", [])
-        ready[item["metadata"]["name"]] = any(c.get("type") == "Ready" and c.get("status") == "True"
-                                              for c in conds)
+        ready[name] = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+        if since is not None and ready[name]:
+            # the API's times have whole seconds (heartbeats) or microseconds (leases): compare whole seconds
+            last = max((t for t in (renewed.get(name), _reported(item)) if t is not None), default=None)
+            ready[name] = last is not None and int(last) >= int(since)
     return ready

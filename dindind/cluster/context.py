@@ -16,6 +16,7 @@ class Context:
     node_ips: dict = field(default_factory=dict)
     created: list = field(default_factory=list)   # (kind, name), for rollback
     kubeconfig: bytes = None
+    restarted: float = None       # epoch seconds the existing nodes were started again (restart), else None
     engine: object = containers       # what talks to the engine (a fake in unit tests)
 
     def node_exec(self, node, cmd, check=True):

@@ -4,7 +4,9 @@ Nested (the default): one top-level container of the cluster image runs
 dockerd and the create actions inside (dindind.incluster); this side starts
 it, relays its status lines, fetches the kubeconfig and checks readiness
 through the published port. Non-nested (``cluster.nested: false``): the
-same create actions run here against the host's engine.
+same create actions run here against the host's engine, and so do the
+image's restart and stop (dindind.cluster.create.restart and stop) for
+``cluster:start`` and ``cluster:stop``.
 
 State lives in labels (``io.dindind.cluster=<name>``), not in files: the
 kubeconfig under artifacts/clusters/<name>/ is a convenience copy. ``down``
@@ -329,14 +331,21 @@ def _forget(cdir, name, out):
 
 
 def _top_of(name):
-    """The top-level container of a nested cluster, or a DindindError saying why there is none."""
+    """The top-level container of a nested cluster, None for a non-nested one, else a DindindError."""
     tops = containers.containers({plan_mod.CLUSTER_LABEL: name, plan_mod.ROLE_LABEL: TOP_ROLE})
-    if not tops:
-        if containers.containers({plan_mod.CLUSTER_LABEL: name}):
-            raise DindindError(f"cluster {name!r} is not nested: stop and start applies to nested clusters",
-                               hint="stop or start its node containers with docker stop/start")
-        raise DindindError(f"no cluster named {name!r}", hint="see `doit cluster:status`")
-    return tops[0]["Names"][0].lstrip("/")
+    if tops:
+        return tops[0]["Names"][0].lstrip("/")
+    if containers.containers({plan_mod.CLUSTER_LABEL: name}):
+        return None
+    raise DindindError(f"no cluster named {name!r}", hint="see `doit cluster:status`")
+
+
+def _direct_nodes(name):
+    """The node containers of a non-nested cluster: [(name, labels)], the control plane first."""
+    nodes = [(c["Names"][0].lstrip("/"), c.get("Labels") or {})
+             for c in containers.containers({plan_mod.CLUSTER_LABEL: name})]
+    nodes = [n for n in nodes if n[1].get(plan_mod.ROLE_LABEL) in ("control-plane", "worker")]
+    return sorted(nodes, key=lambda n: (n[1].get(plan_mod.ROLE_LABEL) != "control-plane", n[0]))
 
 
 def published_server(container):
@@ -362,28 +371,70 @@ def container_kubeconfig(container, server=None):
 
 
 def stop(cfg, name=None, out=print):
-    """Stop a nested cluster's container: its nodes stop inside, within the stop grace period."""
+    """Stop a cluster: a nested one's container (its nodes stop inside, within the stop grace period),
+    or a non-nested one's nodes, all at once (the image's own stop, dindind.cluster.create.stop)."""
     name = cluster_name(cfg, name)
     top = _top_of(name)
     start = time.monotonic()
-    engine.call(f"stop container {top}", engine.client().stop, top, timeout=STOP_TIMEOUT)
+    if top:
+        containers.stop_container(top, STOP_TIMEOUT)
+    else:
+        failed = create.stop([n for n, _ in _direct_nodes(name)])
+        if failed:
+            raise DindindError(f"cluster {name} did not stop cleanly", detail="\n".join(failed),
+                               hint=f"retry `doit cluster:stop --name {name}`")
     out(f"stopped cluster {name} in {time.monotonic() - start:.1f}s (`doit cluster:start --name {name}` "
         "brings it back)")
 
 
 def start(cfg, layout, name=None, timeout=300, out=print):
-    """Start a stopped nested cluster's container and wait until every node is Ready again."""
+    """Start a stopped cluster again and wait until every node is Ready as reported after the start.
+
+    Nested: the top-level container, whose entry point restarts its nodes.
+    Non-nested: the same restart (dindind.cluster.create.restart) runs here,
+    on the plan rebuilt from the settings the control plane carries.
+    """
     name = cluster_name(cfg, name)
     top = _top_of(name)
     t0 = time.monotonic()
-    containers.start_container(top)
+    if top is None:
+        path = _start_direct(layout, name, timeout)
+        out(f"cluster {name} is Ready again in {time.monotonic() - t0:.1f}s; kubeconfig: {path}")
+        return
     path = kubeconfig_path(layout, name)
-    count = int((containers.inspect_container(top)["Config"]["Labels"] or {}).get(NODES_LABEL, "1"))
+    containers.start_container(top)
+    info = containers.inspect_container(top)
+    count = int((info["Config"]["Labels"] or {}).get(NODES_LABEL, "1"))
     if path.exists():
-        waitready.wait(path.read_bytes(), [n for n, _ in plan_mod.node_names(name, count - 1)], timeout=timeout)
+        # Ready as reported by kubelets since the start (the engine's clock): the API keeps serving the
+        # Ready of before the stop for a while
+        waitready.wait(path.read_bytes(), [n for n, _ in plan_mod.node_names(name, count - 1)], timeout=timeout,
+                       since=api.epoch(info["State"]["StartedAt"]))
         out(f"cluster {name} is Ready again in {time.monotonic() - t0:.1f}s; kubeconfig: {path}")
     else:
         out(f"started {top}; no kubeconfig at {path} to check readiness with")
+
+
+def _start_direct(layout, name, timeout):
+    """The image's restart, run here for a non-nested cluster; the kubeconfig exported again."""
+    import dataclasses
+
+    nodes = _direct_nodes(name)
+    text = nodes[0][1].get(plan_mod.SETTINGS_LABEL) if nodes else None
+    hint = f"recreate it: doit cluster:down --name {name} && doit cluster:up --name {name}"
+    if not text:
+        raise DindindError(f"cluster {name!r} carries no settings to restart from (label {plan_mod.SETTINGS_LABEL} "
+                           "on its control plane)", hint=hint)
+    try:
+        settings = dataclasses.replace(plan_mod.Settings.from_json(text), wait=timeout)
+    except (ValueError, TypeError) as exc:
+        raise DindindError(f"the settings label of cluster {name!r} cannot be read: {exc}", hint=hint) from None
+    plan = plan_mod.make_plan(settings)
+    # no kubeconfig given: the restart reads admin.conf from the control plane
+    ctx = create.restart(plan, settings.node_image, None, status=Status())
+    path, _ = _export_kubeconfig(layout, name, ctx.kubeconfig, settings.api_address,
+                                 _host_port(plan.control_plane.name, settings.api_address))
+    return path
 
 
 def clusters():

@@ -17,7 +17,6 @@ bring-up) stops the nodes, in parallel, and dockerd, and exits 0.
 import os
 import signal
 import sys
-import threading
 import time
 
 from dindind.base import proc
@@ -27,14 +26,11 @@ from dindind.cluster import create as create_mod
 from dindind.cluster import options
 from dindind.cluster.inside import KUBECONFIG, PHASE, SETTINGS
 from dindind.cluster import plan as plan_mod
-from dindind.cluster.actions import cni, provision, waitready
-from dindind.cluster.context import Context
-from dindind.cluster.status import Status
 from dindind.docker import containers, engine, images
 
 DOCKERD_LOG = "/var/log/dockerd.log"
 READY = "dindind: cluster ready"
-NODE_STOP_TIMEOUT = 20
+NODE_STOP_TIMEOUT = create_mod.NODE_STOP_TIMEOUT
 
 
 class Stopping(BaseException):
@@ -71,21 +67,10 @@ def bring_up(settings, node_image):
     existing = containers.containers({plan_mod.CLUSTER_LABEL: settings.name})
     if existing and os.path.exists(KUBECONFIG):
         log(f"restarting {len(existing)} existing node(s)")
-        plan = plan_mod.make_plan(settings)     # its fresh token is unused: every node has joined
-        ctx = Context(plan=plan, node_image=node_image, status=Status())
         with open(KUBECONFIG, "rb") as f:
-            ctx.kubeconfig = f.read()
-        with ctx.status.step("Starting nodes"):
-            for node in plan.nodes:
-                containers.start_container(node.name)
-            for node in plan.nodes:
-                provision.wait_for_systemd(ctx, node)
-                ctx.node_ips[node.name] = node.ip
-        if settings.cni != "none":
-            with ctx.status.step(cni.TITLE):
-                cni.execute(ctx)
-        with ctx.status.step(waitready.TITLE):
-            waitready.execute(ctx)
+            kubeconfig = f.read()
+        # the plan's fresh token is unused: every node has joined
+        create_mod.restart(plan_mod.make_plan(settings), node_image, kubeconfig)
         return
     plan = plan_mod.make_plan(settings)
     ctx = create_mod.create(plan, node_image, publish=("0.0.0.0", plan_mod.API_PORT))
@@ -103,18 +88,8 @@ def stop_nodes():
     except DindindError as exc:          # stopping anyway: dockerd stops what is left
         log(f"could not list the nodes: {exc.message}")
         return
-
-    def stop(c):
-        try:
-            engine.call(f"stop container {c['Id'][:12]}", engine.client().stop, c["Id"], timeout=NODE_STOP_TIMEOUT)
-        except DindindError as exc:
-            log(f"could not stop {c['Id'][:12]}: {exc.message}")
-
-    threads = [threading.Thread(target=stop, args=(c,)) for c in nodes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for line in create_mod.stop([c["Names"][0].lstrip("/") for c in nodes], timeout=NODE_STOP_TIMEOUT):
+        log(line)
     log(f"stopped {len(nodes)} node(s)")
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 CLUSTER_LABEL = "io.dindind.cluster"
 ROLE_LABEL = "io.dindind.role"
+SETTINGS_LABEL = "io.dindind.settings"      # on the control plane: the Settings as JSON
 API_PORT = 6443
 
 

@@ -124,6 +124,11 @@ def start_container(name):
     engine.call(f"start container {name}", engine.client().start, name)
 
 
+def stop_container(name, timeout):
+    """``docker stop -t timeout name``: SIGTERM (or the container's stop signal), SIGKILL after ``timeout`` s."""
+    engine.call(f"stop container {name}", engine.client().stop, name, timeout=timeout)
+
+
 def inspect_container(name):
     return engine.call(f"inspect container {name}", engine.client().inspect_container, name)
 

@@ -184,9 +184,9 @@ def cluster_tasks(config_path, root):
            "actions": [(do_down, args)], **common,
            "params": [NAME, {"name": "all", "long": "all", "type": bool, "default": False,
                              "help": "every dindind cluster on this engine, nested or not"}]}
-    yield {"basename": "cluster:stop", "doc": "stop a nested cluster's container; its nodes stop cleanly (--name N)",
+    yield {"basename": "cluster:stop", "doc": "stop a cluster (nested: its container); its nodes stop cleanly (--name N)",
            "actions": [(do_stop, args)], "params": [NAME], **common}
-    yield {"basename": "cluster:start", "doc": "start a stopped nested cluster again and wait until it is Ready (--name N)",
+    yield {"basename": "cluster:start", "doc": "start a stopped cluster again and wait until it is Ready (--name N)",
            "actions": [(do_start, args)], "params": [NAME], **common}
     yield {"basename": "cluster:status", "doc": "list every cluster: name, nodes, API address, age",
            "actions": [(do_status,)], **common}

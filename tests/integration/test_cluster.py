@@ -531,6 +531,18 @@ def test_non_nested_mode(built, tmp_path, dangling_before, load_inputs):
         for node in sh.nodes:
             assert set(LOADED) <= node_images(sh, node), node
         assert no_load_files(sh)
+        # stop and start run the image's own restart (create.stop/restart) here, on the host's engine
+        stop = doit(built.path, f"config={cfg}", "cluster:stop", "--name", "t-direct")
+        assert "stopped cluster t-direct" in stop.stdout
+        for node in ("t-direct-control-plane", "t-direct-worker"):
+            assert containers.inspect_container(node)["State"]["Running"] is False
+        kc.unlink()         # start reads admin.conf from the control plane and exports it again
+        start = doit(built.path, f"config={cfg}", "cluster:start", "--name", "t-direct", timeout=600)
+        assert " ✓ Starting nodes" in start.stdout and " ✓ Installing CNI" in start.stdout, start.stdout
+        assert "cluster t-direct is Ready again in " in start.stdout, start.stdout
+        assert stat.S_IMODE(kc.stat().st_mode) == 0o600
+        assert api.node_readiness(kc.read_bytes()) == {"t-direct-control-plane": True, "t-direct-worker": True}
+        assert len(labelled("t-direct")["containers"]) == 2     # the same containers, nothing new
     finally:
         # without $KUBECONFIG: the merge was recorded, down finds the file by that
         down = doit(built.path, f"config={cfg}", "cluster:down", "--name", "t-direct")

@@ -6,6 +6,7 @@ The figures (docker run -> healthy, docker start -> healthy) are printed (pytest
 """
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from dindind.cluster.actions import waitready
 
 pytestmark = pytest.mark.engine
 
-TOP = "t14-run"
+TOP = f"t14-run-{os.getpid()}"     # per test session: a run beside CI's never removes its container
 DEFAULT_NODES = ["dindind-control-plane", "dindind-worker", "dindind-worker2"]   # the config's defaults
 FIGURES = {}
 KUBELET_V4 = "  - name: v\n    value: \"4\"\n"     # --kubelet-arg=--v=4 in the rendered kubeadm config
@@ -72,7 +73,7 @@ def flags(image):
 
 @pytest.fixture(scope="module")
 def running(image, flags):
-    """`docker run -d --name t14-run FLAGS -p 127.0.0.1::6443 IMAGE`: no arguments after the image."""
+    """`docker run -d --name t14-run-PID FLAGS -p 127.0.0.1::6443 IMAGE`: no arguments after the image."""
     docker("rm", "-f", "-v", TOP, check=False)
     t0 = time.monotonic()
     docker("run", "-d", "--name", TOP, *flags, "-p", "127.0.0.1::6443", image)
@@ -178,7 +179,7 @@ def test_rm_f_v_leaves_nothing_on_the_host(running):
 
 
 def test_arguments_after_the_image_change_the_cluster(image, flags):
-    name = "t14-args"
+    name = f"t14-args-{os.getpid()}"
     docker("rm", "-f", "-v", name, check=False)
     try:
         docker("run", "-d", "--name", name, *flags, image, "--name", "t14-small", "--workers", "0",
@@ -193,7 +194,7 @@ def test_arguments_after_the_image_change_the_cluster(image, flags):
 
 
 def test_bad_arguments_exit_at_once_with_one_line(image, flags):
-    name = "t14-bad"
+    name = f"t14-bad-{os.getpid()}"
     docker("rm", "-f", "-v", name, check=False)
     try:
         r = docker("run", "--name", name, *flags, image, "--workers", "many", check=False)
@@ -217,7 +218,7 @@ def test_without_the_flags_it_names_what_is_missing_and_exits(image):
 
 
 def test_e2e_mode_exits_with_the_e2e_result_as_the_pod_manifest_runs_it(image, flags):
-    name = "t14-e2e"
+    name = f"t14-e2e-{os.getpid()}"
     docker("rm", "-f", "-v", name, check=False)
     try:
         r = docker("run", "--name", name, *flags, image, "--workers", "0", "--e2e", "--e2e-focus", "Conformance",

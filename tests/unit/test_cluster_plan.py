@@ -160,7 +160,11 @@ def test_node_run_arguments(privilege, monkeypatch):
     assert set(cp["volumes"].values()) == {"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs",
                                            "/var/lib/kubelet", "/var/log"}
     assert all(v.startswith("demo-control-plane-") for v in cp["volumes"])
-    assert cp["labels"] == {"io.dindind.cluster": "demo", "io.dindind.role": "control-plane"}
+    assert cp["labels"] == {"io.dindind.cluster": "demo", "io.dindind.role": "control-plane",
+                            "io.dindind.settings": p.settings.to_json()}
+    assert worker["labels"] == {"io.dindind.cluster": "demo", "io.dindind.role": "worker"}
+    assert plan.Settings.from_json(cp["labels"]["io.dindind.settings"]) == p.settings     # no token in it
+    assert TOKEN not in cp["labels"]["io.dindind.settings"]
     assert cp["stop_signal"] == "SIGRTMIN+3" and cp["ip"] == "172.30.0.2"
     monkeypatch.setattr(provision.os.path, "isdir", lambda p: False)
     assert "binds_ro" not in provision.node_run_args(ctx, p.nodes[1])   # no /lib/modules on the host
@@ -207,3 +211,104 @@ def test_failed_action_rolls_back_what_was_created_unless_retained(monkeypatch):
         with pytest.raises(DindindError):
             create.create(p, "img", status=Status(out=io.StringIO()), engine=FakeEngine())
         assert removed == expected
+
+
+def test_api_times_parse_to_epoch_seconds():
+    from dindind.cluster import api
+
+    assert api.epoch("1970-01-01T00:00:10Z") == 10
+    assert api.epoch("2026-12-02T15:40:26.123456789Z") == pytest.approx(1796226026.123456789)
+    assert api.epoch("1970-01-01T01:00:10+01:00") == 10
+    for bad in ("", "yesterday", "2026-12-02 15:40:26Z", None):
+        with pytest.raises(DindindError, match="not an RFC 3339 time"):
+            api.epoch(bad)
+
+
+def _node(name, ready, beat):
+    return {"metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": ready, "lastHeartbeatTime": beat}]}}
+
+
+def test_after_a_restart_ready_counts_only_as_reported_since(monkeypatch):
+    from dindind.cluster import api
+
+    old, new = "2026-12-02T15:00:00Z", "2026-12-02T15:10:00Z"
+    since = api.epoch("2026-12-02T15:05:00Z")
+    nodes = [_node("a", "True", old), _node("b", "True", old), _node("c", "True", new), _node("d", "False", new)]
+    leases = [{"metadata": {"name": "a"}, "spec": {"renewTime": "2026-12-02T15:05:01.000001Z"}},
+              {"metadata": {"name": "b"}, "spec": {"renewTime": "2026-12-02T15:04:59.999999Z"}}]
+    answers = {"/api/v1/nodes": (200, {"items": nodes}), api.LEASES: (200, {"items": leases})}
+    monkeypatch.setattr(api, "get", lambda kc, path, server=None, timeout=5: answers[path])
+    # before the restart's kubelets report, the API still says Ready (what a restart must not take for Ready)
+    assert api.node_readiness(b"kc") == {"a": True, "b": True, "c": True, "d": False}
+    # a: its lease renewed since; b: nothing since; c: its heartbeat; d: not Ready at all
+    assert api.node_readiness(b"kc", since=since) == {"a": True, "b": False, "c": True, "d": False}
+    answers[api.LEASES] = (404, "not found")      # the sample's API stand-in serves no leases
+    assert api.node_readiness(b"kc", since=since) == {"a": False, "b": False, "c": True, "d": False}
+    answers[api.LEASES] = (403, "forbidden")
+    with pytest.raises(DindindError, match="answered 403"):
+        api.node_readiness(b"kc", since=since)
+
+
+class RestartEngine:
+    """What create.restart and create.stop ask of the engine, recorded."""
+
+    def __init__(self, started, fail_stop=()):
+        self.calls, self.started, self.fail_stop = [], started, fail_stop
+
+    def start_container(self, name):
+        self.calls.append(("start", name))
+
+    def exec_in(self, name, cmd, check=True):
+        self.calls.append(("exec", name, " ".join(cmd)))
+        return 0, "running\n" if cmd[0] == "systemctl" else ""
+
+    def put_file(self, name, path, data):
+        self.calls.append(("put", name, path))
+
+    def get_file(self, name, path):
+        self.calls.append(("get", name, path))
+        return b"admin.conf"
+
+    def inspect_container(self, name):
+        return {"State": {"StartedAt": self.started[name]}}
+
+    def stop_container(self, name, timeout):
+        self.calls.append(("stop", name, timeout))
+        if name in self.fail_stop:
+            raise DindindError("engine says no")
+
+
+def test_restart_starts_every_node_puts_the_routes_back_and_waits_for_reports_since_the_start(monkeypatch):
+    from dindind.cluster import api, create
+    from dindind.cluster.actions import waitready
+
+    p = plan.make_plan(settings(), token=TOKEN)
+    started = {"demo-control-plane": "2026-12-02T15:05:02.5Z", "demo-worker": "2026-12-02T15:05:01.25Z",
+               "demo-worker2": "2026-12-02T15:05:03Z"}
+    eng = RestartEngine(started)
+    waits = []
+    monkeypatch.setattr(waitready, "wait", lambda kc, names, timeout, server=None, since=None:
+                        waits.append((kc, names, timeout, server, since)) or 1.0)
+    ctx = create.restart(p, "img", None, status=Status(out=io.StringIO()), engine=eng)
+    names = [n.name for n in p.nodes]
+    assert [c[1] for c in eng.calls if c[0] == "start"] == names
+    assert ("get", "demo-control-plane", "/etc/kubernetes/admin.conf") in eng.calls and ctx.kubeconfig == b"admin.conf"
+    assert ctx.node_ips == {n.name: n.ip for n in p.nodes}
+    assert ctx.restarted == api.epoch(started["demo-worker"])          # the earliest start, on the engine's clock
+    for node in p.nodes:                                                # the CNI config and routes again
+        assert ("put", node.name, cni.CONFLIST) in eng.calls
+        assert sum(1 for c in eng.calls if c[:2] == ("exec", node.name) and "ip route replace" in c[2]) == 2
+    assert waits == [(b"admin.conf", names, 180, f"https://{p.control_plane.ip}:6443", ctx.restarted)]
+    eng.calls.clear()
+    create.restart(plan.make_plan(settings(cni="none"), token=TOKEN), "img", b"given",
+                   status=Status(out=io.StringIO()), engine=eng)
+    assert not [c for c in eng.calls if c[0] in ("get", "put")]        # a kubeconfig given; no CNI of ours
+
+
+def test_stop_stops_every_node_at_once_and_names_what_did_not_stop():
+    from dindind.cluster import create
+
+    eng = RestartEngine({}, fail_stop=("b",))
+    assert create.stop(["a", "b", "c"], timeout=7, engine=eng) == ["could not stop b: engine says no"]
+    assert sorted(eng.calls) == [("stop", "a", 7), ("stop", "b", 7), ("stop", "c", 7)]

@@ -4,7 +4,7 @@ import os
 import time
 
 from dindind.base.errors import DindindError
-from dindind.cluster.plan import API_PORT
+from dindind.cluster.plan import API_PORT, SETTINGS_LABEL
 
 TITLE = "Preparing nodes"
 SNAPSHOTS = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs"
@@ -20,8 +20,11 @@ def node_run_args(ctx, node):
     volumes = {plan.volume(node, "containerd"): SNAPSHOTS,
                plan.volume(node, "kubelet"): "/var/lib/kubelet",
                plan.volume(node, "var-log"): "/var/log"}
+    labels = plan.labels(node.role)
+    if node.is_control_plane:       # what cluster:start of a non-nested cluster rebuilds the plan from
+        labels[SETTINGS_LABEL] = plan.settings.to_json()
     kw = dict(
-        labels=plan.labels(node.role),
+        labels=labels,
         hostname=node.name,
         network=plan.network,
         ip=node.ip,

@@ -9,13 +9,17 @@ from dindind.cluster.plan import API_PORT
 TITLE = "Waiting for nodes to be Ready"
 
 
-def wait(kubeconfig, names, timeout, server=None, sleep=1.0):
-    """Poll /api/v1/nodes until every node in ``names`` is Ready; return seconds waited."""
+def wait(kubeconfig, names, timeout, server=None, sleep=1.0, since=None):
+    """Poll /api/v1/nodes until every node in ``names`` is Ready; return seconds waited.
+
+    ``since``: after a restart, the epoch second from which a node's kubelet
+    must have reported for its Ready to count (api.node_readiness).
+    """
     start = time.monotonic()
     last = "no answer yet"
     while True:
         try:
-            ready = api.node_readiness(kubeconfig, server)
+            ready = api.node_readiness(kubeconfig, server, since=since)
             missing = [n for n in names if not ready.get(n)]
             if not missing:
                 return time.monotonic() - start
@@ -34,5 +38,6 @@ def execute(ctx):
     # the kubeconfig names the control plane by its container name, which only
     # the nodes' network resolves: ask its address instead (a SAN of the cert)
     server = f"https://{ctx.node_ips[ctx.plan.control_plane.name]}:{API_PORT}"
-    waited = wait(ctx.kubeconfig, [n.name for n in ctx.plan.nodes], ctx.plan.settings.wait, server=server)
+    waited = wait(ctx.kubeconfig, [n.name for n in ctx.plan.nodes], ctx.plan.settings.wait, server=server,
+                  since=ctx.restarted)
     ctx.status.info(f"{len(ctx.plan.nodes)} nodes Ready after {waited:.1f}s")
