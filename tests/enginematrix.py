@@ -527,6 +527,7 @@ def make_fixture(eng, out_path):
         for step in ("one", "two"):
             _build_stdin(eng, fixture_context(step), f"{FIXTURE_REPO}:{step}")
         eng.docker("save", "-o", str(out_path), *refs)
+        os.chmod(out_path, 0o644)
         facts = {"engine": eng.key, "server_version": eng.server_version(),
                  "storage_driver": eng.info("{{.Driver}}"), "images": {}}
         for ref in refs:

@@ -8,10 +8,8 @@ engine's own `docker image inspect` said (ids, layer digests, labels). The
 reader must agree with the engine, through both of its APIs.
 """
 
-import gzip
 import hashlib
 import json
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -19,7 +17,6 @@ import pytest
 
 from dindind.base.errors import InputError
 from dindind.docker import archive
-from dindind.release import export
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "archives"
 REPO = "dindind-fixture/tiny"
@@ -103,16 +100,6 @@ def test_stream_api_agrees_with_the_engine(name):
     assert contents.extracted[(one["layer_keys"][0], "hello.txt")] == FILES["hello.txt"]
     assert contents.extracted[(two["layer_keys"][1], "world.txt")] == FILES["world.txt"]
     assert (two["layer_keys"][0], "world.txt") not in contents.extracted
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_release_reader_takes_it_gzipped(name, tmp_path):
-    """What release:verify reads (a gzipped docker-archive) works for each engine's layout."""
-    gz = tmp_path / f"{name}.tar.gz"
-    with open(FIXTURES / f"{name}.tar", "rb") as src, gzip.open(gz, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    summary = export.read_image_file(gz)
-    assert summary["repo_tags"] and set(summary["repo_tags"]) <= {f"{REPO}:one", f"{REPO}:two"}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
