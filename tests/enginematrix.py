@@ -63,6 +63,7 @@ from dindind.cluster import host as cluster_host  # noqa: E402
 from dindind.docker import containers  # noqa: E402
 
 LABEL = "io.dindind.engine-matrix"        # on every engine container and volume the matrix starts
+PID_LABEL = LABEL + ".pid"                # the process that started it: a killed run's leftovers are swept
 ENGINE_REPO = "dindind-engine/docker"
 HOST = "20.10"                           # the host's engine, always the first engine of the matrix
 FIXTURES = ROOT / "tests" / "fixtures" / "archives"
@@ -287,8 +288,10 @@ class Engine:
     def start(self):
         privilege = containers.privilege_opts(self.image)
         self.sockdir = tempfile.mkdtemp(prefix="dindind-engine-")    # short: a socket path has 107 bytes at most
-        host_docker("volume", "create", "--label", f"{LABEL}={self.key}", self.volume)
+        host_docker("volume", "create", "--label", f"{LABEL}={self.key}", "--label", f"{PID_LABEL}={os.getpid()}",
+                    self.volume)
         args = ["run", "-d", "--name", self.name, "--hostname", self.name, "--label", f"{LABEL}={self.key}",
+                "--label", f"{PID_LABEL}={os.getpid()}",
                 *cluster_host.run_flags(privilege), *self.spec.flags, "-v", f"{self.volume}:/var/lib/docker",
                 "-v", f"{self.sockdir}:/engine",
                 "-e", f"DINDIND_CONTAINERD_STORE={int(self.containerd_store)}", self.image]
@@ -367,6 +370,7 @@ def engines(keys, workdir, log=print):
 
     Their images are built (or reused) in parallel on the host engine.
     """
+    sweep(log)
     ensure_base(workdir, log)
     specs = [ENGINES[k] for k in keys]
     with concurrent.futures.ThreadPoolExecutor(max(1, len(specs))) as pool:
@@ -378,6 +382,19 @@ def engines(keys, workdir, log=print):
             started[s.key] = stack.enter_context(Engine(s, refs[s.key]))
             log(f"  engine {s.key} ({started[s.key].server_version()}) answers after {time.monotonic() - t:.1f}s")
         yield started
+
+
+def sweep(log=print):
+    """Remove the engine containers and volumes of matrix runs whose process is gone (killed runs)."""
+    for kind, fmt in (("container", "{{.ID}} {{.Label \"%s\"}}" % PID_LABEL),
+                      ("volume", "{{.Name}} {{.Label \"%s\"}}" % PID_LABEL)):
+        cmd = ["ps", "-a"] if kind == "container" else ["volume", "ls"]
+        for line in host_docker(*cmd, "--filter", f"label={PID_LABEL}", "--format", fmt, check=False).stdout.splitlines():
+            name, _, pid = line.partition(" ")
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                log(f"  removing {kind} {name} of an engine-matrix run that is gone (pid {pid})")
+                host_docker("rm", "-f", "-v", name, check=False) if kind == "container" else \
+                    host_docker("volume", "rm", "-f", name, check=False)
 
 
 def in_parallel(fn, items):
