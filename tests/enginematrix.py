@@ -95,7 +95,7 @@ class EngineSpec:
 
 def _node_runtime_debs():
     """forky's containerd and runc exactly as the node pins them (config/default.yaml), not a second copy."""
-    n = config_mod.load(None).node
+    n = config_mod.load(config_mod.DEFAULT_CONFIG).node
     return tuple(Deb(name, n[f"{name}_version"], n[f"{name}_sha256"]) for name in ("containerd", "runc"))
 
 
@@ -187,7 +187,7 @@ def host_docker(*args, check=True, timeout=600):
 
 
 def sample_config():
-    return config_mod.load(None)
+    return config_mod.load(config_mod.DEFAULT_CONFIG)
 
 
 def base_ref():
@@ -252,28 +252,28 @@ class Engine:
     Use as a context manager; ``env`` is what a client needs to reach it.
     """
 
-    def __init__(self, spec=None, image=None, *, containerd_store=False, tag=""):
+    def __init__(self, spec=None, image=None, *, containerd_store=False):
         self.spec, self.image, self.containerd_store = spec, image, containerd_store
         self.key = HOST if spec is None else spec.key + ("-containerd" if containerd_store else "")
-        self.name = f"dindind-engine-{self.key}-{os.getpid()}{tag}"
+        self.name = f"dindind-engine-{self.key}-{os.getpid()}"
         self.volume = f"{self.name}-data"
         self.sockdir = None
         self.pid = None
 
-    # the host engine is there already; the others are started here
     @property
-    def hosted(self):
+    def contained(self):
+        """False for the host's engine (there already), True for one this object starts in a container."""
         return self.spec is not None
 
     @property
     def env(self):
-        return {"DOCKER_HOST": f"unix://{self.sockdir}/docker.sock" if self.hosted else ""}
+        return {"DOCKER_HOST": f"unix://{self.sockdir}/docker.sock" if self.contained else ""}
 
     def docker(self, *args, check=True, timeout=600, input=None):
         return run(["docker", *args], env=self.env, check=check, timeout=timeout, input=input)
 
     def __enter__(self):
-        if self.hosted:
+        if self.contained:
             try:
                 self.start()
             except BaseException:
@@ -282,7 +282,7 @@ class Engine:
         return self
 
     def __exit__(self, *exc):
-        if self.hosted:
+        if self.contained:
             self.stop()
 
     def start(self):
@@ -297,20 +297,20 @@ class Engine:
                 "-e", f"DINDIND_CONTAINERD_STORE={int(self.containerd_store)}", self.image]
         host_docker(*args)
         deadline = time.monotonic() + START_WAIT
-        while time.monotonic() < deadline:
-            if self.docker("version", "-f", "{{.Server.Version}}", check=False, timeout=30).returncode == 0:
+        running = "true"
+        while True:
+            version = self.docker("version", "-f", "{{.Server.Version}}", check=False, timeout=30)
+            if version.returncode == 0 or time.monotonic() > deadline:
                 break
-            state = host_docker("inspect", "-f", "{{.State.Running}}", self.name, check=False).stdout.strip()
-            if state != "true":
+            running = host_docker("inspect", "-f", "{{.State.Running}}", self.name, check=False).stdout.strip()
+            if running != "true":
                 break
             time.sleep(0.5)
-        else:
-            state = "true"
-        version = self.docker("version", "-f", "{{.Server.Version}}", check=False, timeout=30)
         if version.returncode != 0:
             logs = host_docker("logs", "--tail", "30", self.name, check=False).stdout
-            raise AssertionError(f"the {self.spec.what} engine ({self.image}) did not answer within {START_WAIT}s "
-                                 f"(container running: {state}):\n{logs}")
+            what = "exited" if running != "true" else f"did not answer within {START_WAIT}s"
+            raise AssertionError(f"the engine {self.key} ({self.spec.what}, {self.image}) {what}; "
+                                 f"its last lines:\n{logs}")
         if not version.stdout.strip().startswith(self.spec.server):
             raise AssertionError(f"{self.image} runs dockerd {version.stdout.strip()}, expected {self.spec.server}")
         self.pid = int(host_docker("inspect", "-f", "{{.State.Pid}}", self.name).stdout.strip())
@@ -336,13 +336,13 @@ class Engine:
 
     def client(self, argv):
         """``argv`` as a client of this engine: DOCKER_HOST, and its network namespace for a contained engine."""
-        if self.hosted:
+        if self.contained:
             return ["nsenter", f"--target={self.pid}", "--net", "--", *argv]
         return list(argv)
 
     def load_from_host(self, ref):
         """``docker save`` of a host image, loaded into this engine (the base image: no debootstrap again)."""
-        if not self.hosted or self.docker("image", "inspect", ref, check=False).returncode == 0:
+        if not self.contained or self.docker("image", "inspect", ref, check=False).returncode == 0:
             return
         save = subprocess.Popen(["docker", "save", ref], stdout=subprocess.PIPE, env={**os.environ, "DOCKER_HOST": ""})
         try:
@@ -493,10 +493,12 @@ def release(s, version, out_dir, log=print):
     return Path(out_dir)
 
 
-def verify_and_load(dest, eng, verifier, log=print):
-    """``release:verify`` of ``dest`` (with ``verifier``'s project), then ``docker load`` of both image
-    archives into ``eng``; returns {image: (id in the manifest, id the engine loaded, tags)}."""
-    verifier.doit("release:verify", "--dir", str(dest))
+def verify_and_load(dest, eng, verifier=None, log=print):
+    """``release:verify`` of ``dest`` with ``verifier``'s project (another checkout; the check needs no
+    engine, so once per release is enough), then ``docker load`` of both image archives into ``eng``;
+    returns {image: (the id the release recorded, {tag: the id the engine has under it})}."""
+    if verifier is not None:
+        verifier.doit("release:verify", "--dir", str(dest))
     manifest = json.loads((Path(dest) / "manifest.json").read_text())
     out = {}
     for name, rec in manifest["images"].items():
@@ -619,7 +621,7 @@ def cycle(work, log=print):
         for i, maker in enumerate(order):
             taker = order[(i + 1) % len(order)]
             dest = release(smokes[maker.key], f"em-{maker.key.replace('.', '')}", Path(work) / f"release-{maker.key}", log)
-            loaded = verify_and_load(dest, taker, smokes[taker.key], log)
+            loaded = verify_and_load(dest, taker, smokes[taker.key], log=log)
             try:
                 for name, (want, got) in loaded.items():
                     log(f"  release made on {maker.key} -> {taker.key}: {name} {want[:19]} loaded as "
