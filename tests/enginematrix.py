@@ -613,21 +613,36 @@ def main(argv=None):
 
 
 def cycle(work, log=print):
-    """A release made on each engine (host 20.10, 26, 28) verifies and loads on the next (26, 28, 20.10)."""
+    """A release made on each engine (host 20.10, 26, 28) verifies and loads on the next (26, 28, 20.10).
+
+    Raises AssertionError if a loaded tag is not the image the release recorded. The images built on the
+    host for it are removed again (the contained engines go whole).
+    """
     host = Engine()
-    with engines(list(ENGINES), work, log) as started:
-        order = [host, started["26"], started["28"]]
-        smokes = {e.key: build(e, work, log) for e in order}
-        for i, maker in enumerate(order):
-            taker = order[(i + 1) % len(order)]
-            dest = release(smokes[maker.key], f"em-{maker.key.replace('.', '')}", Path(work) / f"release-{maker.key}", log)
-            loaded = verify_and_load(dest, taker, smokes[taker.key], log=log)
-            try:
-                for name, (want, got) in loaded.items():
-                    log(f"  release made on {maker.key} -> {taker.key}: {name} {want[:19]} loaded as "
-                        f"{set(got.values())}")
-            finally:
-                unload(taker, loaded)
+    smokes = {}
+    try:
+        with engines(list(ENGINES), work, log) as started:
+            order = [host, started["26"], started["28"]]
+            for e in order:
+                smokes[e.key] = build(e, work, log)
+            for i, maker in enumerate(order):
+                taker = order[(i + 1) % len(order)]
+                dest = release(smokes[maker.key], f"em-{maker.key.replace('.', '')}", Path(work) / f"release-{maker.key}",
+                               log)
+                loaded = verify_and_load(dest, taker, smokes[taker.key], log=log)
+                try:
+                    for name, (want, got) in loaded.items():
+                        if set(got.values()) != {want}:
+                            raise AssertionError(f"the {name} image of the release made on {maker.key} loaded into "
+                                                 f"{taker.key} as {got}, the release recorded {want}")
+                        log(f"  release made on {maker.key} -> {taker.key}: {name} {want[:19]} loaded as recorded")
+                finally:
+                    unload(taker, loaded)
+    finally:
+        if HOST in smokes:
+            for name in ("cluster", "node"):
+                for ref in smokes[HOST].stamp(name)["tags"]:
+                    host_docker("rmi", ref, check=False)
 
 
 if __name__ == "__main__":
