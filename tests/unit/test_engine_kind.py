@@ -3,7 +3,7 @@
 The replies are trimmed to the fields read. Docker 20.10 and Podman 4.3.1 (rootful and rootless) were
 recorded on Debian bookworm (``curl --unix-socket SOCK http://x/version`` and ``/info``); rootless Docker's
 is what Docker documents for ``docker info`` under rootlesskit (its SecurityOptions). The engine tests
-ask real Podman services (tests/integration/test_engines.py).
+ask real Podman services (tests/integration/test_podman.py).
 """
 
 import pytest
