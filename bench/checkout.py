@@ -29,7 +29,7 @@ with Go's caches as they are:
   4. one string literal edited in staging k8s.io/apimachinery, `doit build`.
 For each: wall time, the tasks doit ran and how long each took (from when
 doit printed its start line to the next one), and which files under artifacts/ changed (binaries, image archives,
-debs, image stamps), plus which binaries Go relinked. The checkout's tree
+debs, image stamps), plus which binaries Go wrote or touched. The checkout's tree
 (paths, bytes, modes, mtimes, .git included) is hashed before and after every
 build: a change is printed as a FAILURE line. After the first build the
 binaries' version output is printed (kubelet --version, kubectl and kubeadm
@@ -141,7 +141,9 @@ def assemble(dest, version, log):
     commit = (json.loads(Path(info["Info"]).read_text()).get("Origin") or {}).get("Hash")
     git = {**os.environ, **GIT_ENV}
     for argv in (["git", "init", "-q", "-b", "master"], ["git", "-c", "core.safecrlf=false", "add", "-A"],
-                 ["git", "commit", "-q", "-m", f"Kubernetes {version}, assembled from the Go module proxy"]):
+                 ["git", "-c", "gc.auto=0", "commit", "-q", "-m",
+                  f"Kubernetes {version}, assembled from the Go module proxy"],
+                 ["git", "gc", "-q"]):      # packed, as a clone is; and no auto gc later in the background
         subprocess.run(argv, cwd=dest, env=git, check=True)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, env=git, check=True,
                           stdout=subprocess.PIPE, text=True).stdout.strip()
@@ -243,7 +245,8 @@ def build(project, cfg, arts, label):
     relinked = [f"{name} (+{at:.0f} s)" for at, name in relinked]
     say(f"\n== {label}: {wall:.1f} s, of which build:kubernetes {go_part:.1f} s")
     say(f"  tasks run ({len(tasks)}): " + (", ".join(f"{n} {took[n]:.0f} s" for n in tasks) or "-"))
-    say(f"  binaries Go wrote (.work/bin, by mtime, in order): {', '.join(relinked) or '-'}")
+    say(f"  binaries Go wrote or touched (.work/bin, mtime changed; Go touches an up-to-date output), "
+        f"in order: {', '.join(relinked) or '-'}")
     groups = {"published tree": "kubernetes/checkout-", "debs": "debs/", "image stamps": "images/",
               "e2e images": "kubernetes/e2e-images/"}
     for name, prefix in groups.items():
