@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -302,6 +303,41 @@ def test_a_checkout_is_built_in_place_and_left_byte_identical(tmp_path, monkeypa
     gobuild.build_binaries(plan, ["kubelet", "kubeadm"])
     assert fsutil.sha256_file(built["kubelet"]) != first
     assert not any(p.name in ("go.sum", "go.work.sum") for p in src.rglob("*"))
+
+
+def _git(cwd, *args):
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t.invalid"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, text=True,
+                          stdout=subprocess.PIPE).stdout.strip()
+
+
+def test_the_commit_stamped_is_head_in_a_clone_and_in_a_worktree(tmp_path):
+    """Loose ref, packed ref, a worktree's own branch (.git is a file there), detached HEAD, no git."""
+    src = _fake_checkout(tmp_path / "k8s")
+    assert checkout._head_commit(src) == ""
+    _git(src, "init", "-q", "-b", "master")
+    _git(src, "add", "-A")
+    _git(src, "commit", "-qm", "one")
+    first = _git(src, "rev-parse", "HEAD")
+    assert checkout._head_commit(src) == first                      # refs/heads/master, loose
+    _git(src, "pack-refs", "--all")
+    assert not (src / ".git/refs/heads/master").exists()
+    assert checkout._head_commit(src) == first                      # packed-refs
+    wt = tmp_path / "wt"
+    _git(src, "worktree", "add", "-q", "-b", "topic", str(wt))
+    (wt / "cmd/kubelet/main.go").write_text('package main\n\nfunc main() {}\n')
+    _git(wt, "commit", "-qam", "two")
+    second = _git(wt, "rev-parse", "HEAD")
+    assert (wt / ".git").is_file() and second != first
+    assert checkout._head_commit(wt) == second
+    assert checkout._head_commit(src) == first
+    cfg = _cfg(tmp_path, source="checkout", version="v1.37.0", path="wt")
+    plan, _ = checkout.plan(cfg, Layout(tmp_path))
+    assert f"k8s.io/component-base/version.gitCommit={second}" in plan.ldflags
+    _git(wt, "checkout", "-q", "--detach")
+    assert checkout._head_commit(wt) == second                      # detached: the hash in HEAD
 
 
 def test_a_compile_failure_names_the_error_and_the_log(tmp_path):

@@ -39,18 +39,35 @@ def task_io(cfg, layout):
             "always": True}
 
 
-def _head_commit(src):
-    """The commit ``.git/HEAD`` names (read, git is not run), or '' when it cannot be told."""
+def _git_dirs(src):
+    """(the checkout's git dir, its common dir): ``.git``, or where a ``.git`` file points (git worktree)."""
     git = src / ".git"
+    if not git.is_file():
+        return git, git
+    text = git.read_text().strip()
+    if not text.startswith("gitdir:"):
+        return git, git
+    gitdir = src / text.removeprefix("gitdir:").strip()      # an absolute path stays absolute
+    common = gitdir / "commondir"
+    return gitdir, (gitdir / common.read_text().strip()) if common.is_file() else gitdir
+
+
+def _head_commit(src):
+    """The commit HEAD names (files read, git is not run), or '' when it cannot be told.
+
+    A worktree's (``git worktree add``) ``.git`` is a file naming its git dir,
+    whose HEAD is its own while branches live in the common dir.
+    """
     try:
-        head = (git / "HEAD").read_text().strip()
+        gitdir, common = _git_dirs(src)
+        head = (gitdir / "HEAD").read_text().strip()
         if re.fullmatch(r"[0-9a-f]{40}", head):
             return head
         ref = head.removeprefix("ref: ").strip()
-        loose = git / ref
-        if loose.is_file():
-            return loose.read_text().strip()
-        for line in (git / "packed-refs").read_text().splitlines():
+        for loose in (gitdir / ref, common / ref):
+            if loose.is_file():
+                return loose.read_text().strip()
+        for line in (common / "packed-refs").read_text().splitlines():
             if line.endswith(" " + ref):
                 return line.split()[0]
     except OSError:
