@@ -337,7 +337,7 @@ def main():
         say("|---|---:|---:|---|---|")
         for key, r in results.items():
             bins = [_short(k) for k in r["changed"] if k.startswith("kubernetes/checkout-")
-                    and "/bin/" in k and not k.endswith((".tar", ".docker_tag"))]
+                    and "/bin/" in k and "/.work/" not in k and not k.endswith((".tar", ".docker_tag"))]
             say(f"| {key} | {r['wall']:.1f} | {r['go']:.1f} | {' '.join(b.rsplit('/', 1)[1] for b in bins) or '-'} "
                 f"| {len(r['tasks'])} |")
         say(f"\n{len(FAILURES)} failure(s)" + "".join(f"\n  {f}" for f in FAILURES))
