@@ -338,6 +338,13 @@ def test_the_commit_stamped_is_head_in_a_clone_and_in_a_worktree(tmp_path):
     assert f"k8s.io/component-base/version.gitCommit={second}" in plan.ldflags
     _git(wt, "checkout", "-q", "--detach")
     assert checkout._head_commit(wt) == second                      # detached: the hash in HEAD
+    # a hostile ref never reaches the linker's flags; a binary HEAD is no traceback
+    (src / ".git" / "refs" / "heads").mkdir(parents=True, exist_ok=True)
+    (src / ".git" / "refs" / "heads" / "evil").write_text("abc -X main.x=y\n")
+    (src / ".git" / "HEAD").write_text("ref: refs/heads/evil\n")
+    assert checkout._head_commit(src) == ""
+    (src / ".git" / "HEAD").write_bytes(b"\xff\xfe\x00")
+    assert checkout._head_commit(src) == ""
 
 
 def test_a_compile_failure_names_the_error_and_the_log(tmp_path):

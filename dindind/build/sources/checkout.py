@@ -39,6 +39,9 @@ def task_io(cfg, layout):
             "always": True}
 
 
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")      # SHA-1 or SHA-256 object name
+
+
 def _git_dirs(src):
     """(the checkout's git dir, its common dir): ``.git``, or where a ``.git`` file points (git worktree)."""
     git = src / ".git"
@@ -56,23 +59,24 @@ def _head_commit(src):
     """The commit HEAD names (files read, git is not run), or '' when it cannot be told.
 
     A worktree's (``git worktree add``) ``.git`` is a file naming its git dir,
-    whose HEAD is its own while branches live in the common dir.
+    whose HEAD is its own while branches live in the common dir. Only a hex
+    object name is returned: it goes into the linker's -X flags.
     """
     try:
         gitdir, common = _git_dirs(src)
         head = (gitdir / "HEAD").read_text().strip()
-        if re.fullmatch(r"[0-9a-f]{40}", head):
-            return head
-        ref = head.removeprefix("ref: ").strip()
-        for loose in (gitdir / ref, common / ref):
-            if loose.is_file():
-                return loose.read_text().strip()
-        for line in (common / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line.split()[0]
-    except OSError:
-        pass
-    return ""
+        found = head
+        if not _COMMIT.fullmatch(head):
+            ref = head.removeprefix("ref: ").strip()
+            loose = [p for p in (gitdir / ref, common / ref) if p.is_file()]
+            if loose:
+                found = loose[0].read_text().strip()
+            else:
+                found = next((line.split()[0] for line in (common / "packed-refs").read_text().splitlines()
+                              if line.endswith(" " + ref)), "")
+    except (OSError, ValueError):           # unreadable, or not text (UnicodeDecodeError)
+        return ""
+    return found if _COMMIT.fullmatch(found) else ""
 
 
 def source_dir(cfg):
