@@ -427,7 +427,7 @@ def _start_direct(layout, name, timeout):
                            "on its control plane)", hint=hint)
     try:
         settings = dataclasses.replace(plan_mod.Settings.from_json(text), wait=timeout)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:      # a label edited by hand
         raise DindindError(f"the settings label of cluster {name!r} cannot be read: {exc}", hint=hint) from None
     plan = plan_mod.make_plan(settings)
     # no kubeconfig given: the restart reads admin.conf from the control plane
