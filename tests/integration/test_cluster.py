@@ -28,7 +28,11 @@ from ociarchive import oci, tar_bytes
 
 pytestmark = pytest.mark.engine
 
-NESTED = "t-nested"
+# per test session: two sessions on one engine (CI beside a developer's run) never take each other's clusters
+NESTED = f"t-nested-{os.getpid()}"
+SECOND = f"t-second-{os.getpid()}"
+FAIL = f"t-fail-{os.getpid()}"
+DIRECT = f"t-direct-{os.getpid()}"
 
 
 def labelled(name):
@@ -378,16 +382,16 @@ def test_name_in_use_is_refused(built, nested):
 
 
 def test_two_clusters_side_by_side(built, nested):
-    run = built.doit("cluster:up", "--name", "t-second", "--workers", "0", timeout=600, check=False)
+    run = built.doit("cluster:up", "--name", SECOND, "--workers", "0", timeout=600, check=False)
     try:
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         names = [r["name"] for r in host.clusters()]
-        assert NESTED in names and "t-second" in names
-        assert api.node_readiness(kubeconfig(built, "t-second").read_bytes()) == {"t-second-control-plane": True}
+        assert NESTED in names and SECOND in names
+        assert api.node_readiness(kubeconfig(built, SECOND).read_bytes()) == {f"{SECOND}-control-plane": True}
         assert all(api.node_readiness(kubeconfig(built, NESTED).read_bytes()).values())
     finally:
-        built.doit("cluster:down", "--name", "t-second")
-    assert_gone("t-second")
+        built.doit("cluster:down", "--name", SECOND)
+    assert_gone(SECOND)
 
 
 def test_stopped_top_level_container_restarts(built, nested):
@@ -470,20 +474,20 @@ def test_failed_up_cleans_up_unless_retained(built, tmp_path, dangling_before):
     cfg.write_text(built.config.read_text() + "  kubeadm_patches:\n"
                    "  - kind: InitConfiguration\n    nodeRegistration: {name: not-the-node}\n")
 
-    failed = doit(built.path, f"config={cfg}", "cluster:up", "--name", "t-fail", "--workers", "0", "--wait", "8",
+    failed = doit(built.path, f"config={cfg}", "cluster:up", "--name", FAIL, "--workers", "0", "--wait", "8",
                   check=False, timeout=600)
     assert failed.returncode != 0
-    assert "ERROR: cluster t-fail failed to come up" in failed.stderr or "not ready" in failed.stderr, failed.stderr
+    assert f"ERROR: cluster {FAIL} failed to come up" in failed.stderr or "not ready" in failed.stderr, failed.stderr
     assert "Traceback" not in failed.stdout + failed.stderr
-    assert_gone("t-fail")
-    retained = doit(built.path, f"config={cfg}", "cluster:up", "--name", "t-fail", "--workers", "0", "--wait", "8",
+    assert_gone(FAIL)
+    retained = doit(built.path, f"config={cfg}", "cluster:up", "--name", FAIL, "--workers", "0", "--wait", "8",
                     "--retain", check=False, timeout=600)
     try:
         assert retained.returncode != 0
-        assert labelled("t-fail")["containers"], "--retain keeps the top-level container for inspection"
+        assert labelled(FAIL)["containers"], "--retain keeps the top-level container for inspection"
     finally:
-        doit(built.path, "cluster:down", "--name", "t-fail")
-    assert_gone("t-fail")
+        doit(built.path, "cluster:down", "--name", FAIL)
+    assert_gone(FAIL)
     assert containers.dangling_volumes() - dangling_before == set()
 
 
@@ -491,62 +495,62 @@ def test_non_nested_mode(built, tmp_path, dangling_before, load_inputs):
     cfg = tmp_path / "direct.yaml"
     cfg.write_text(built.config.read_text().replace("cluster:\n", "cluster:\n  nested: false\n", 1))
     user = user_kubeconfig(tmp_path)
-    up = doit(built.path, f"config={cfg}", "cluster:up", "--name", "t-direct", "--workers", "1", timeout=600,
+    up = doit(built.path, f"config={cfg}", "cluster:up", "--name", DIRECT, "--workers", "1", timeout=600,
               check=False)
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        found = labelled("t-direct")
+        found = labelled(DIRECT)
         assert len(found["containers"]) == 2 and len(found["networks"]) == 1 and len(found["volumes"]) == 6
-        cp = containers.inspect_container("t-direct-control-plane")
+        cp = containers.inspect_container(f"{DIRECT}-control-plane")
         assert [b["HostIp"] for b in cp["NetworkSettings"]["Ports"]["6443/tcp"]] == ["127.0.0.1"]
-        kc = kubeconfig(built, "t-direct")
+        kc = kubeconfig(built, DIRECT)
         assert stat.S_IMODE(kc.stat().st_mode) == 0o600
-        assert api.node_readiness(kc.read_bytes()) == {"t-direct-control-plane": True, "t-direct-worker": True}
-        row = next(r for r in host.clusters() if r["name"] == "t-direct")
+        assert api.node_readiness(kc.read_bytes()) == {f"{DIRECT}-control-plane": True, f"{DIRECT}-worker": True}
+        row = next(r for r in host.clusters() if r["name"] == DIRECT)
         assert row["nodes"] == 2 and not row["nested"]
         # cluster:nodes, --internal and --merge in non-nested mode
-        rows = node_rows(doit(built.path, f"config={cfg}", "cluster:nodes", "--name", "t-direct").stdout)
-        assert list(rows) == ["t-direct-control-plane", "t-direct-worker"]
+        rows = node_rows(doit(built.path, f"config={cfg}", "cluster:nodes", "--name", DIRECT).stdout)
+        assert list(rows) == [f"{DIRECT}-control-plane", f"{DIRECT}-worker"]
         for node, (role, address, state, ready) in rows.items():
-            ip = containers.inspect_container(node)["NetworkSettings"]["Networks"]["dindind-t-direct"]["IPAddress"]
+            ip = containers.inspect_container(node)["NetworkSettings"]["Networks"][f"dindind-{DIRECT}"]["IPAddress"]
             assert (address, state, ready) == (ip, "running", "Ready")
-        doit(built.path, f"config={cfg}", "cluster:kubeconfig", "--name", "t-direct", "--internal")
-        internal = (built.path / "artifacts" / "clusters" / "t-direct" / "kubeconfig-internal").read_bytes()
-        assert api.parse_kubeconfig(internal)[0] == f"https://{rows['t-direct-control-plane'][1]}:6443"
+        doit(built.path, f"config={cfg}", "cluster:kubeconfig", "--name", DIRECT, "--internal")
+        internal = (built.path / "artifacts" / "clusters" / DIRECT / "kubeconfig-internal").read_bytes()
+        assert api.parse_kubeconfig(internal)[0] == f"https://{rows[f'{DIRECT}-control-plane'][1]}:6443"
         # from a container beside the nodes on their network (the cluster image's Python, thrown away)
         beside = ["docker", "run", "--rm", "--name", f"dindind-test-beside-{os.getpid()}", "--network",
-                  "dindind-t-direct", "--entrypoint", "", built.stamp("cluster")["tags"][0]]
+                  f"dindind-{DIRECT}", "--entrypoint", "", built.stamp("cluster")["tags"][0]]
         assert readiness_from(beside, internal) == dict.fromkeys(rows, True)
-        doit(built.path, f"config={cfg}", "cluster:kubeconfig", "--name", "t-direct", "--merge",
+        doit(built.path, f"config={cfg}", "cluster:kubeconfig", "--name", DIRECT, "--merge",
              env={"KUBECONFIG": str(user)})
-        assert userkc.read(user)["current-context"] == "dindind-t-direct"
+        assert userkc.read(user)["current-context"] == f"dindind-{DIRECT}"
         assert all(api.node_readiness(user.read_bytes()).values())
         # cluster:load straight into each node
         image, single, make_multi = load_inputs
-        sh = host.Shell("t-direct")
+        sh = host.Shell(DIRECT)
         platform, multi = make_multi(sh)
-        run = doit(built.path, f"config={cfg}", "cluster:load", "--name", "t-direct", "--image", image,
+        run = doit(built.path, f"config={cfg}", "cluster:load", "--name", DIRECT, "--image", image,
                    "--archive", single, "--archive", multi)
-        assert f"loaded 3 image(s) for {platform} into 2 node(s) of t-direct" in run.stdout, run.stdout
+        assert f"loaded 3 image(s) for {platform} into 2 node(s) of {DIRECT}" in run.stdout, run.stdout
         for node in sh.nodes:
             assert set(LOADED) <= node_images(sh, node), node
         assert no_load_files(sh)
         # stop and start run the image's own restart (create.stop/restart) here, on the host's engine
-        stop = doit(built.path, f"config={cfg}", "cluster:stop", "--name", "t-direct")
-        assert "stopped cluster t-direct" in stop.stdout
-        for node in ("t-direct-control-plane", "t-direct-worker"):
+        stop = doit(built.path, f"config={cfg}", "cluster:stop", "--name", DIRECT)
+        assert f"stopped cluster {DIRECT}" in stop.stdout
+        for node in (f"{DIRECT}-control-plane", f"{DIRECT}-worker"):
             assert containers.inspect_container(node)["State"]["Running"] is False
         kc.unlink()         # start reads admin.conf from the control plane and exports it again
-        start = doit(built.path, f"config={cfg}", "cluster:start", "--name", "t-direct", timeout=600)
+        start = doit(built.path, f"config={cfg}", "cluster:start", "--name", DIRECT, timeout=600)
         assert " ✓ Starting nodes" in start.stdout and " ✓ Installing CNI" in start.stdout, start.stdout
-        assert "cluster t-direct is Ready again in " in start.stdout, start.stdout
+        assert f"cluster {DIRECT} is Ready again in " in start.stdout, start.stdout
         assert stat.S_IMODE(kc.stat().st_mode) == 0o600
-        assert api.node_readiness(kc.read_bytes()) == {"t-direct-control-plane": True, "t-direct-worker": True}
-        assert len(labelled("t-direct")["containers"]) == 2     # the same containers, nothing new
+        assert api.node_readiness(kc.read_bytes()) == {f"{DIRECT}-control-plane": True, f"{DIRECT}-worker": True}
+        assert len(labelled(DIRECT)["containers"]) == 2     # the same containers, nothing new
     finally:
         # without $KUBECONFIG: the merge was recorded, down finds the file by that
-        down = doit(built.path, f"config={cfg}", "cluster:down", "--name", "t-direct")
-    assert_gone("t-direct")
+        down = doit(built.path, f"config={cfg}", "cluster:down", "--name", DIRECT)
+    assert_gone(DIRECT)
     assert f"its kubeconfig entries from {user}" in down.stdout, down.stdout
     assert userkc.meaning(userkc.read(user)) == userkc.meaning(userkc.parse(user, USER_KUBECONFIG.encode()))
     assert containers.dangling_volumes() - dangling_before == set()
