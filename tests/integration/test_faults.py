@@ -170,7 +170,8 @@ def test_two_builds_at_once_second_waits_and_both_succeed(prepared, janitor):
             r = doit(proj, f"config={cfg}", *ro, check=False, timeout=60)
             assert "waiting for it to finish" not in r.stderr, r.stderr
         status = doit(proj, f"config={cfg}", "cluster:status", timeout=60)
-        assert "clusters" in status.stdout, status.stdout
+        # other clusters may exist on a shared engine: either answer is a status listing
+        assert any(line == "no dindind clusters" or line.startswith("NAME ") for line in status.stdout.splitlines()), status.stdout
         assert first.proc.poll() is None          # ... and they answered while the build was still running
         assert first.wait() == 0, first.stdout[-3000:] + first.stderr[-3000:]
         assert second.wait() == 0, second.stdout[-3000:] + second.stderr[-3000:]
