@@ -106,7 +106,11 @@ def test_kubeadm_and_the_kubelet_get_each_nodes_labels_and_arguments(up):
         assert labels in ps.split(), ps
     _, worker_conf = sh.run(worker, ["cat", "/etc/dindind/kubeadm.conf"])
     _, cp_conf = sh.run(cp, ["cat", "/etc/dindind/kubeadm.conf"])
-    assert "maxPods: 42" in worker_conf and "maxPods" not in cp_conf
+    # the worker's own KubeletConfiguration patch: kubeadm's kubeletconfiguration patch target, on it alone
+    assert "maxPods" not in worker_conf and "maxPods" not in cp_conf
+    assert "directory: /etc/dindind/patches" in worker_conf and "/etc/dindind/patches" not in cp_conf
+    _, patch = sh.run(worker, ["cat", "/etc/dindind/patches/kubeletconfiguration+merge.json"])
+    assert json.loads(patch) == {"maxPods": 42}
 
 
 def test_feature_gates_and_runtime_config_reach_every_component(up):

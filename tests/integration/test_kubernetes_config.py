@@ -200,9 +200,10 @@ def test_kubeconfig_merge_gives_a_context_and_internal_works_from_a_node(real, u
     r = subprocess.run([str(up["kc"]), f"--kubeconfig={merged}", "--context", f"dindind-{NAME}", "get", "nodes",
                         "-o", "name"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
     assert r.returncode == 0 and sorted(r.stdout.split()) == [f"node/{CP}", f"node/{WORKER}"], r.stdout + r.stderr
-    internal = real.doit("cluster:kubeconfig", "--name", NAME, "--internal").stdout.strip().splitlines()[-1]
-    text = (real.path / internal if not os.path.isabs(internal) else internal)
-    b64 = base64.b64encode(open(text, "rb").read()).decode()
+    out = real.doit("cluster:kubeconfig", "--name", NAME, "--internal").stdout
+    path = real.path / "artifacts" / "clusters" / NAME / "kubeconfig-internal"
+    assert any(line.endswith("artifacts/clusters/" + NAME + "/kubeconfig-internal") for line in out.splitlines()), out
+    b64 = base64.b64encode(path.read_bytes()).decode()
     # from beside the nodes: the worker's own kubectl with the internal address (port 6443 on the cluster network)
     _, out = host.Shell(NAME).run(WORKER, ["sh", "-c", f"echo {b64} | base64 -d > /tmp/kc && "
                                            "kubectl --kubeconfig /tmp/kc get nodes -o name; rm -f /tmp/kc"])

@@ -258,7 +258,13 @@ def test_kubelet_gets_the_clusters_then_the_nodes_arguments_and_the_labels(tmp_p
             assert args == dict(kubeadm.kubelet_args(p, node, ip)), kind
         # the cluster's patch on every node, each node's own only on it
         assert docs["ClusterConfiguration"]["apiServer"]["extraArgs"] == [{"name": "v", "value": "2"}]
-        assert docs["KubeletConfiguration"].get("maxPods") == (50 if node is worker else None)
+        # a node's own KubeletConfiguration patch is kubeadm's kubeletconfiguration patch target on that node
+        # (`kubeadm join` reads the kubelet's configuration from the cluster, not from this document)
+        assert "maxPods" not in docs["KubeletConfiguration"]
+        patch = kubeadm.kubelet_patch(p, node)
+        assert (json.loads(patch) if patch else None) == ({"maxPods": 50} if node is worker else None)
+        for kind in ("InitConfiguration", "JoinConfiguration"):
+            assert docs[kind].get("patches") == ({"directory": kubeadm.PATCH_DIR} if node is worker else None)
         assert docs["InitConfiguration"]["nodeRegistration"].get("taints", "unset") == ([] if node is cp else "unset")
 
 

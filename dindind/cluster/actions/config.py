@@ -1,4 +1,4 @@
-"""Write each node's kubeadm configuration to /etc/dindind/kubeadm.conf."""
+"""Write each node's kubeadm configuration to /etc/dindind/kubeadm.conf (and its kubelet patch, if any)."""
 
 from dindind.base.errors import DindindError
 from dindind.cluster import kubeadm
@@ -19,6 +19,9 @@ def execute(ctx):
     for node in ctx.plan.nodes:
         text = kubeadm.render_config(ctx.plan, node, ctx.node_ips[node.name], cp_ip, cgroup_v1=v1)
         ctx.engine.put_file(node.name, PATH, text, mode=0o600)
+        patch = kubeadm.kubelet_patch(ctx.plan, node)
+        if patch:
+            ctx.engine.put_file(node.name, f"{kubeadm.PATCH_DIR}/{kubeadm.KUBELET_PATCH}", patch, mode=0o600)
 
 
 def run_kubeadm(ctx, node, verb):
