@@ -37,6 +37,9 @@ NODE_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "containerd", "runc", "iptables", "iproute2", "socat",
     "util-linux", "mount", "ebtables", "ethtool", "conntrack", "kmod", "ca-certificates", "procps",
     "libseccomp2", "bash", "iputils-ping",
+    # the external load balancer of HA clusters runs the node image as haproxy (its service stays disabled:
+    # the Dockerfile removes every enabled unit), so no other image is needed
+    "haproxy",
 )
 CLUSTER_PACKAGES = (
     "docker.io", "zstd", "python3", "python3-yaml", "python3-jinja2", "python3-docker", "iproute2", "iptables",
