@@ -93,7 +93,9 @@ def settings_for(cfg, layout, name=None, workers=None, retain=False, wait=None, 
     if config_file:
         settings = plan_mod.from_cluster_config(clusterconfig.load(config_file), settings)
         if workers is not None and settings.nodes:
-            raise DindindError(f"--workers cannot change {config_file}: its nodes have settings of their own",
+            why = "it has more than one control plane" if settings.control_planes > 1 else \
+                "its nodes have settings of their own"
+            raise DindindError(f"--workers cannot change {config_file}: {why}",
                                hint="list the workers under nodes: in the cluster config")
     changes = {"name": cluster_name(cfg, name)} if name else {}
     if workers is not None:

@@ -77,6 +77,14 @@ def keep_logs(real, keep):
     return str(keep)
 
 
+def describe_nodes():
+    """``kubectl describe nodes`` and the kube-system pods, asked inside the first control plane (works while
+    the host has no kubeconfig yet: a failed bring-up)."""
+    kubectl = ["exec", CPS[0], "kubectl", "--kubeconfig=/etc/kubernetes/admin.conf", "--request-timeout=10s"]
+    return (inner(*kubectl, "describe", "nodes", check=False)
+            + inner(*kubectl, "get", "pods", "-A", "-o", "wide", check=False))
+
+
 def timings(output):
     """{what: seconds} from cluster:up's status lines."""
     found = {}
@@ -117,7 +125,11 @@ def ha(real, tmp_path_factory, request):
     try:
         if up.returncode != 0:
             where = keep_logs(real, d / "logs")
-            pytest.fail(f"cluster:up failed (logs: {where}):\n{up.stdout[-5000:]}{up.stderr[-3000:]}")
+            described = describe_nodes()
+            (d / "describe-nodes.txt").write_text(described)
+            conditions = re.findall(r"(?m)^Name:\s+(\S+)|^\s+Ready\s+(\S+.*)$", described)
+            pytest.fail(f"cluster:up failed (logs: {where}; {d / 'describe-nodes.txt'}; Ready: {conditions}):\n"
+                        f"{up.stdout[-5000:]}{up.stderr[-3000:]}")
         yield state
     finally:
         if request.session.testsfailed > failed_before and up.returncode == 0:
