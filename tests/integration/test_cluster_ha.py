@@ -151,6 +151,18 @@ def test_nodes_status_and_logs_show_the_load_balancer(built, ha):
     assert (logs / cps[2] / "kubelet.log").exists() and not (logs / lb / "kubelet.log").exists()
 
 
+def test_nested_stop_and_start_bring_the_load_balancer_back(built, ha):
+    cps, worker = names(NAME)
+    lb = f"{NAME}-external-load-balancer"
+    built.doit("cluster:stop", "--name", NAME, timeout=300)
+    listed = built.doit("cluster:nodes", "--name", NAME).stdout
+    assert list(rows(listed)) == cps + [worker], listed           # stopped: from the top container's labels
+    start = built.doit("cluster:start", "--name", NAME, timeout=600)
+    assert f"cluster {NAME} is Ready again in " in start.stdout, start.stdout
+    assert inner("inspect", "-f", "{{.State.Running}}", lb).strip() == "true"
+    assert api.node_readiness(kubeconfig(built, NAME).read_bytes()) == dict.fromkeys(cps + [worker], True)
+
+
 def test_control_plane_counts_etcd_cannot_use_are_refused(built, tmp_path):
     for planes, example in ((2, 1), (4, 3), (8, 7)):
         path = tmp_path / f"planes-{planes}.yaml"
