@@ -146,12 +146,17 @@ def test_every_node_is_ready_behind_the_load_balancer(ha):
     assert ready == {n: "True" for n in CPS + [WORKER]}, ready
     roles = {n["metadata"]["name"] for n in nodes if "node-role.kubernetes.io/control-plane" in n["metadata"]["labels"]}
     assert roles == set(CPS)
-    # three etcd members, one per control plane; kube-apiserver on each
-    pods = json.loads(ha["kubectl"]("get", "pods", "-n", "kube-system", "-o", "json").stdout)["items"]
-    running = [(p["metadata"]["labels"].get("component"), p["spec"]["nodeName"]) for p in pods
-               if p["status"]["phase"] == "Running"]
-    for component in ("etcd", "kube-apiserver"):
-        assert sorted(n for c, n in running if c == component) == sorted(CPS), running
+    # three etcd members, one per control plane; kube-apiserver on each (their mirror pods may lag a little)
+    deadline = time.monotonic() + 60
+    while True:
+        pods = json.loads(ha["kubectl"]("get", "pods", "-n", "kube-system", "-o", "json").stdout)["items"]
+        running = [((p["metadata"].get("labels") or {}).get("component"), p["spec"].get("nodeName"))
+                   for p in pods if p["status"].get("phase") == "Running"]
+        placed = {c: sorted(n for k, n in running if k == c) for c in ("etcd", "kube-apiserver")}
+        if all(v == sorted(CPS) for v in placed.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert placed == {"etcd": sorted(CPS), "kube-apiserver": sorted(CPS)}, running
     # the kubeconfig's server is the port published on 127.0.0.1, which reaches the load balancer
     server = ha["kubectl"]("config", "view", "-o", "jsonpath={.clusters[0].cluster.server}").stdout
     assert re.fullmatch(r"https://127\.0\.0\.1:\d+", server), server
