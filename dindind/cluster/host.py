@@ -229,7 +229,8 @@ def run_flags(privilege):
 
 def _relay(top, settings, out):
     """Echo the top-level container's status lines until the cluster is ready or failed."""
-    deadline = time.monotonic() + max(settings.wait, 60) + 240
+    # HA: each further control plane joins on its own, one after the other
+    deadline = time.monotonic() + max(settings.wait, 60) + 240 + 90 * (settings.control_planes - 1)
     tail = []
     for line in containers.stream_logs(top):
         tail = (tail + [line])[-40:]
