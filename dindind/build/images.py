@@ -323,7 +323,7 @@ def render_cluster(cfg, layout):
 # edit there leaves the cluster image as it is (tests/unit/test_cluster_image.py).
 CLUSTER_IMAGE_PACKAGES = ("dindind/base", "dindind/docker", "dindind/cluster")
 HOST_ONLY = ("dindind/cluster/host.py", "dindind/cluster/load.py", "dindind/cluster/manifest.py",
-             "dindind/cluster/access.py", "dindind/cluster/kubeconfig.py")
+             "dindind/cluster/access.py", "dindind/cluster/kubeconfig.py", "dindind/cluster/inotify.py")
 
 
 def package_files(root=ROOT):

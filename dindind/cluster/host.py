@@ -36,7 +36,7 @@ from dataclasses import replace
 from dindind.base import clusterconfig, config, fsutil, proc
 from dindind.docker import containers, engine
 from dindind.base.errors import CommandError, DindindError, InputError
-from dindind.cluster import api, create, inside, passthrough, plan as plan_mod
+from dindind.cluster import api, create, inotify, inside, passthrough, plan as plan_mod
 from dindind.cluster import conformance as conformance_mod
 from dindind.cluster import kubeconfig as kubeconfig_mod
 from dindind.cluster.actions import waitready
@@ -156,6 +156,9 @@ def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print,
     settings = passthrough.reserve_ports(settings, taken=[publish])
     for line in passthrough.warnings(settings):
         out(line)
+    shortage = inotify.check(settings)
+    if shortage:
+        out(shortage)
     start = time.monotonic()
     if cfg.cluster["nested"]:
         path = _up_nested(layout, settings, publish, out, versioned=bool(config_file))

@@ -1,6 +1,7 @@
 """High availability without an engine: the config rule, the plan, kubeadm's files, haproxy's, the actions."""
 
 import io
+import os
 import re
 
 import pytest
@@ -276,3 +277,37 @@ def test_workers_run_kubeadm_with_the_file_on_disk():
     config_action.run_kubeadm(ctx, ctx.plan.workers[0], "join")
     assert ctx.engine.ran[0][1][2] == f"--config={config_action.PATH}"
     assert not ctx.engine.files
+
+
+# ------------------------------------------------------------------ the host's inotify instances
+
+def test_an_inotify_shortage_is_one_warning_line_naming_the_fix():
+    from dindind.cluster import inotify
+
+    s = settings(planes=3, workers=1)
+    assert inotify.need(s) == 3 * 24 + 14
+    assert inotify.warning(s, 1024, 40) is None
+    line = inotify.warning(s, 128, 100)
+    assert line.startswith("WARNING: fs.inotify.max_user_instances is 128 and 100 are in use: the 4 nodes of demo "
+                           "take about 86 more")
+    assert "inotify_init: too many open files" in line and line.endswith("sysctl -w fs.inotify.max_user_instances=1024")
+    assert inotify.warning(s, None, 0) is None         # no such file: nothing to say
+    sample = settings(planes=3, workers=1, kubernetes_version="v1.31.2+sample")
+    assert inotify.need(sample) == 32
+
+
+def test_inotify_instances_in_use_are_counted_from_proc(tmp_path):
+    from dindind.cluster import inotify
+
+    for pid, links in (("1", ["anon_inode:inotify", "anon_inode:inotify", "/dev/null"]), ("22", ["pipe:[1]"]),
+                       ("33", ["anon_inode:inotify"])):
+        fd = tmp_path / pid / "fd"
+        fd.mkdir(parents=True)
+        for i, target in enumerate(links):
+            (fd / str(i)).symlink_to(target)
+    (tmp_path / "self").mkdir()
+    assert inotify.in_use(str(tmp_path)) == 3
+    assert inotify.in_use(str(tmp_path), uid=os.geteuid() + 1) == 0
+    assert inotify.limit(str(tmp_path / "nothing")) is None
+    (tmp_path / "limit").write_text("128\n")
+    assert inotify.limit(str(tmp_path / "limit")) == 128
