@@ -23,6 +23,7 @@ The build config's ``cluster:`` keys that describe the same things
 says so when a config changes them. New keys are in this file only.
 """
 
+import ipaddress
 import json
 import os
 import posixpath
@@ -44,6 +45,9 @@ KNOWN = {API_VERSION: (KIND,)}          # apiVersion -> the kinds it has
 SCHEMA_PATH = config.ROOT / "config" / "cluster.schema.json"
 
 ROLES = ("control-plane", "worker")
+# control-plane counts: etcd (one member per control plane) needs a majority of its members, so an even
+# count tolerates no more failures than the odd count below it; more than 7 only slows every write
+CONTROL_PLANES = (1, 3, 5, 7)
 MAX_WORKERS = config.int_range("cluster.workers")[1]
 # the longest argument a Linux exec takes (MAX_ARG_STRLEN is 32 pages): --config-json stays well below
 MAX_JSON = 100_000
@@ -143,7 +147,8 @@ def _host_path(value):
 
 NODE = {
     "role": Field("string", None, required=True, enum=list(ROLES),
-                  doc="control-plane (exactly one for now) or worker"),
+                  doc="control-plane (1, 3, 5 or 7 of them; more than one: HA behind a load "
+                      "balancer) or worker"),
     "labels": Field("object", {}, keys=Field("string", pattern=LABEL_KEY_RE, fmt=LABEL_KEY_FMT, check=_label_key),
                     values=Field("string", pattern=LABEL_VALUE_RE, fmt=LABEL_VALUE_FMT),
                     doc="labels of the node's Node object (kubelet's --node-labels)"),
@@ -176,8 +181,9 @@ SPEC = {
     "name": Field("string", None, nullable=True, pattern=NAME_RE, fmt=NAME_FMT,
                   doc="the cluster name (--name wins); default: the build config's cluster.name"),
     "nodes": Field("array", None, nullable=True, items=Field("object", fields=NODE),
-                   doc="the nodes, one control-plane and up to 10 workers; default: a control plane and "
-                       "two workers (--workers N: N workers)"),
+                   doc="the nodes: 1, 3, 5 or 7 control planes (more than one: high availability behind "
+                       "a load balancer) and up to 10 workers; default: a control plane and two workers "
+                       "(--workers N: N workers)"),
     "networking": Field("object", None, fields={
         "apiServerAddress": Field("string", "127.0.0.1", check=config._ip,
                                   doc="host address the API server is published on"),
@@ -239,6 +245,26 @@ def _exists(path):
         return False
 
 
+def _node_subnet_room(nodes, subnet, problems):
+    """The node subnet must hold the gateway, every node and (HA) the load balancer at its last host."""
+    if nodes is None or not subnet:
+        return
+    try:
+        net = ipaddress.ip_network(subnet)
+    except ValueError:
+        return
+    roles = [n["role"] for n in nodes if n is not None]
+    need = 1 + len(roles) + (1 if roles.count("control-plane") > 1 else 0)
+    if net.num_addresses - 2 < need:
+        problems.append(f"networking.nodeSubnet: {subnet} has room for {max(net.num_addresses - 2, 0)} addresses, "
+                        f"the cluster needs {need} (the gateway, {len(roles)} nodes"
+                        + (", the load balancer" if need > 1 + len(roles) else "") + "): give a larger subnet")
+
+
+def _nearest_odd(planes):
+    return min(max(planes - 1, 1), CONTROL_PLANES[-1])
+
+
 def _cross_check(v, base_dir, check_paths, problems):
     nodes = v["nodes"]
     if nodes is not None:
@@ -246,9 +272,13 @@ def _cross_check(v, base_dir, check_paths, problems):
         planes = roles.count("control-plane")
         if planes == 0:
             problems.append("nodes: no node has role: control-plane; a cluster needs one")
-        elif planes > 1:
-            problems.append(f"nodes: {planes} control-plane nodes: more than one control plane (HA) is not "
-                            "supported yet; keep one")
+        elif planes not in CONTROL_PLANES:
+            why = (f"an even count survives no more failures than {planes - 1} (a majority of {planes} is "
+                   f"{planes // 2 + 1})" if planes % 2 == 0 else
+                   f"more than {CONTROL_PLANES[-1]} members only slow every write down")
+            problems.append(f"nodes: {planes} control-plane nodes: give 1, 3, 5 or 7 (e.g. {_nearest_odd(planes)}). "
+                            "Each control plane runs an etcd member, and etcd works only while a majority "
+                            f"(quorum) of its members is up: {why}")
         if roles.count("worker") > MAX_WORKERS:
             problems.append(f"nodes: {roles.count('worker')} workers: at most {MAX_WORKERS}")
     _arg_problems("kubeletExtraArgs", v["kubeletExtraArgs"], problems)
@@ -258,6 +288,7 @@ def _cross_check(v, base_dir, check_paths, problems):
     net = v["networking"] or {}
     config.subnet_problems({f"networking.{k}": net.get(k) for k in ("podSubnet", "serviceSubnet", "nodeSubnet")},
                            "networking.podSubnet", problems)
+    _node_subnet_room(nodes, net.get("nodeSubnet"), problems)
     binds = {}        # (protocol, host port) -> [(listen address, key path)]
     for i, node in enumerate(nodes or ()):
         if node is None:

@@ -37,6 +37,9 @@ NODE_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "containerd", "runc", "iptables", "iproute2", "socat",
     "util-linux", "mount", "ebtables", "ethtool", "conntrack", "kmod", "ca-certificates", "procps",
     "libseccomp2", "bash", "iputils-ping",
+    # the external load balancer of HA clusters runs the node image as haproxy (its service stays disabled:
+    # the Dockerfile removes every enabled unit), so no other image is needed
+    "haproxy",
 )
 CLUSTER_PACKAGES = (
     "docker.io", "zstd", "python3", "python3-yaml", "python3-jinja2", "python3-docker", "iproute2", "iptables",
@@ -320,7 +323,7 @@ def render_cluster(cfg, layout):
 # edit there leaves the cluster image as it is (tests/unit/test_cluster_image.py).
 CLUSTER_IMAGE_PACKAGES = ("dindind/base", "dindind/docker", "dindind/cluster")
 HOST_ONLY = ("dindind/cluster/host.py", "dindind/cluster/load.py", "dindind/cluster/manifest.py",
-             "dindind/cluster/access.py", "dindind/cluster/kubeconfig.py")
+             "dindind/cluster/access.py", "dindind/cluster/kubeconfig.py", "dindind/cluster/inotify.py")
 
 
 def package_files(root=ROOT):

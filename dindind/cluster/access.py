@@ -26,6 +26,7 @@ from dindind.docker import containers
 
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
 ROLES = ("control-plane", "worker")
+LISTED = ROLES + (plan_mod.LB_ROLE,)     # cluster:nodes lists an HA cluster's load balancer too, as kind does
 READY_TIMEOUT = 3       # seconds cluster:nodes waits for the API server's node list
 
 
@@ -44,15 +45,16 @@ class Cluster:
         tops = [c for c in found if _labels(c).get(plan_mod.ROLE_LABEL) == host.TOP_ROLE]
         self.top = tops[0]["Names"][0].lstrip("/") if tops else None
         self.top_state = tops[0]["State"] if tops else None
-        self._node_ids = [c["Id"] for c in found if _labels(c).get(plan_mod.ROLE_LABEL) in ROLES]
+        self._node_ids = [c["Id"] for c in found if _labels(c).get(plan_mod.ROLE_LABEL) in LISTED]
 
     def _require_running_top(self):
         if self.top and self.top_state != "running":
             raise DindindError(f"cluster {self.name} is stopped: its container {self.top} is {self.top_state}",
                                hint=f"start it with `doit cluster:start --name {self.name}`")
 
-    def nodes(self):
-        """``docker inspect`` of every node, the control plane first (None: nested, and the top is stopped)."""
+    def nodes(self, roles=ROLES):
+        """``docker inspect`` of every node (of ``roles``), the control planes first (None: nested, and the top
+        is stopped)."""
         if self.top:
             if self.top_state != "running":
                 return None
@@ -62,8 +64,8 @@ class Cluster:
                 if ids.split() else []
         else:
             infos = [containers.inspect_container(i) for i in self._node_ids]
-        infos = [i for i in infos if role(i) in ROLES]
-        return sorted(infos, key=lambda i: (role(i) != "control-plane", len(node_name(i)), node_name(i)))
+        infos = [i for i in infos if role(i) in roles]
+        return sorted(infos, key=lambda i: (LISTED.index(role(i)), len(node_name(i)), node_name(i)))
 
     def address(self, info):
         """The node's address on the cluster network ('' when it has none: stopped)."""
@@ -89,9 +91,14 @@ class Cluster:
             raise DindindError(f"cluster {self.name} has no kubeconfig yet ({where}:{path})",
                                hint="wait until `doit cluster:up` has finished, or see `doit cluster:logs`") from None
 
+    def load_balancer(self):
+        """``docker inspect`` of an HA cluster's load balancer, or None."""
+        lbs = self.nodes(roles=(plan_mod.LB_ROLE,)) or []
+        return lbs[0] if lbs else None
+
     def external_kubeconfig(self):
         """The kubeconfig for this host: the API server's published address."""
-        container = self.top or node_name(self.control_plane())
+        container = self.top or node_name(self.load_balancer() or self.control_plane())
         server = host.published_server(container)
         if server is None:
             raise DindindError(f"cluster {self.name} is not running: {container} publishes no API port",
@@ -99,8 +106,9 @@ class Cluster:
         return api.rewrite_server(self.admin_kubeconfig(), server)
 
     def internal_kubeconfig(self):
-        """(kubeconfig, server): the control plane's address on the cluster network, port 6443."""
-        cp = self.control_plane()
+        """(kubeconfig, server): the control plane's (HA: the load balancer's) address on the cluster network,
+        port 6443."""
+        cp = self.load_balancer() or self.control_plane()
         address = self.address(cp)
         if not address:
             raise DindindError(f"cluster {self.name} is not running: {node_name(cp)} has no address",
@@ -161,11 +169,10 @@ def nodes(cfg, name=None, out=print):
     """``cluster:nodes``: one line per node with its role, address, container state and readiness."""
     name = host.cluster_name(cfg, name)
     cluster = Cluster(name)
-    infos = cluster.nodes()
+    infos = cluster.nodes(roles=LISTED)
     if infos is None:
-        count = int((_labels(containers.inspect_container(cluster.top)) or {}).get(host.NODES_LABEL, "1"))
         rows = [{"name": n, "role": r, "address": "-", "state": "-", "ready": "-"}
-                for n, r in plan_mod.node_names(name, count - 1)]
+                for n, r in host.top_node_names(name, containers.inspect_container(cluster.top))]
         out(f"cluster {name} is stopped (its container {cluster.top} is {cluster.top_state}); "
             f"`doit cluster:start --name {name}` starts it")
     else:
@@ -176,7 +183,8 @@ def nodes(cfg, name=None, out=print):
                  else "Ready" if ready[node_name(i)] else "NotReady"} for i in infos]
         if cluster.top:
             out(f"cluster {name}, nested in container {cluster.top}:")
-    out(f"{'NAME':<36} {'ROLE':<14} {'ADDRESS':<16} {'STATE':<10} READY")
+    w = max([14] + [len(r["role"]) for r in rows])
+    out(f"{'NAME':<36} {'ROLE':<{w}} {'ADDRESS':<16} {'STATE':<10} READY")
     for r in rows:
-        out(f"{r['name']:<36} {r['role']:<14} {r['address']:<16} {r['state']:<10} {r['ready']}")
+        out(f"{r['name']:<36} {r['role']:<{w}} {r['address']:<16} {r['state']:<10} {r['ready']}")
     return rows

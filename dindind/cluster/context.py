@@ -16,6 +16,8 @@ class Context:
     node_ips: dict = field(default_factory=dict)
     created: list = field(default_factory=list)   # (kind, name), for rollback
     kubeconfig: bytes = None
+    cgroup_v1: bool = False       # the nodes see cgroup v1 (actions/config.py)
+    timings: dict = field(default_factory=dict)      # "init NODE" / "join NODE" -> seconds kubeadm took
     restarted: float = None       # epoch seconds the existing nodes were started again (restart), else None
     engine: object = containers       # what talks to the engine (a fake in unit tests)
 

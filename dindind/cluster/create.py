@@ -11,7 +11,8 @@ import threading
 
 from dindind.base.errors import DindindError
 from dindind.cluster import api
-from dindind.cluster.actions import cni, config, containerd, kubeadminit, kubeadmjoin, provision, waitready
+from dindind.cluster.actions import (cni, config, containerd, joincontrolplanes, kubeadminit, kubeadmjoin,
+                                     loadbalancer, provision, waitready)
 from dindind.cluster.context import Context
 from dindind.cluster.status import Status
 from dindind.docker import containers
@@ -21,12 +22,15 @@ NODE_STOP_TIMEOUT = 20      # seconds each node gets to stop (systemd's SIGRTMIN
 
 
 def actions(settings):
-    steps = [provision, config]
+    ha = settings.control_planes > 1
+    steps = [provision] + ([loadbalancer] if ha else []) + [config]
     if settings.containerd_patches:
         steps.append(containerd)        # before kubeadm: the kubelet and the pods see the patched containerd
     steps.append(kubeadminit)
     if settings.cni != "none":
         steps.append(cni)
+    if ha:
+        steps.append(joincontrolplanes)     # one at a time, before the workers (kind's order)
     steps += [kubeadmjoin, waitready]
     return steps
 
@@ -77,6 +81,8 @@ def restart(plan, node_image, kubeconfig, *, status=None, engine=None):
     with ctx.status.step(START_TITLE):
         for node in plan.nodes:
             ctx.engine.start_container(node.name)
+        if plan.load_balancer:
+            ctx.engine.start_container(plan.load_balancer.name)
         for node in plan.nodes:
             provision.wait_for_systemd(ctx, node)
             ctx.node_ips[node.name] = node.ip       # static: the plan's

@@ -36,7 +36,7 @@ from dataclasses import replace
 from dindind.base import clusterconfig, config, fsutil, proc
 from dindind.docker import containers, engine
 from dindind.base.errors import CommandError, DindindError, InputError
-from dindind.cluster import api, create, inside, passthrough, plan as plan_mod
+from dindind.cluster import api, create, inotify, inside, passthrough, plan as plan_mod
 from dindind.cluster import conformance as conformance_mod
 from dindind.cluster import kubeconfig as kubeconfig_mod
 from dindind.cluster.actions import waitready
@@ -45,6 +45,7 @@ from dindind.cluster.status import Status
 TOP_ROLE = "cluster"
 NODES_LABEL = "io.dindind.nodes"
 NESTED_LABEL = "io.dindind.nested"
+CONTROL_PLANES_LABEL = "io.dindind.control-planes"      # on the top-level container; missing: 1
 KUBECONFIG_IN = inside.KUBECONFIG
 DEFAULT_E2E_SKIP = inside.DEFAULT_E2E_SKIP
 TOP_TMPFS = {"/run": "rw", "/run/lock": "rw", "/tmp": "rw"}
@@ -92,7 +93,9 @@ def settings_for(cfg, layout, name=None, workers=None, retain=False, wait=None, 
     if config_file:
         settings = plan_mod.from_cluster_config(clusterconfig.load(config_file), settings)
         if workers is not None and settings.nodes:
-            raise DindindError(f"--workers cannot change {config_file}: its nodes have settings of their own",
+            why = "it has more than one control plane" if settings.control_planes > 1 else \
+                "its nodes have settings of their own"
+            raise DindindError(f"--workers cannot change {config_file}: {why}",
                                hint="list the workers under nodes: in the cluster config")
     changes = {"name": cluster_name(cfg, name)} if name else {}
     if workers is not None:
@@ -153,6 +156,9 @@ def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print,
     settings = passthrough.reserve_ports(settings, taken=[publish])
     for line in passthrough.warnings(settings):
         out(line)
+    shortage = inotify.check(settings)
+    if shortage:
+        out(shortage)
     start = time.monotonic()
     if cfg.cluster["nested"]:
         path = _up_nested(layout, settings, publish, out, versioned=bool(config_file))
@@ -172,7 +178,8 @@ def _up_nested(layout, settings, publish, out, versioned=False):
     inner, top_mounts, top_ports = passthrough.nested(settings)
     top = top_name(settings.name)
     labels = {plan_mod.CLUSTER_LABEL: settings.name, plan_mod.ROLE_LABEL: TOP_ROLE,
-              NODES_LABEL: str(settings.workers + 1), NESTED_LABEL: "true"}
+              NODES_LABEL: str(len(settings.node_specs())), NESTED_LABEL: "true",
+              CONTROL_PLANES_LABEL: str(settings.control_planes)}
     created = []
     try:
         privilege = containers.privilege_opts(image)
@@ -192,8 +199,7 @@ def _up_nested(layout, settings, publish, out, versioned=False):
         path, server = _export_kubeconfig(layout, settings.name, kubeconfig, publish[0], _host_port(top, publish[0]))
         if settings.wait > 0:
             # ready means ready from here too: through the published port, with the kubeconfig's credentials
-            waitready.wait(path.read_bytes(), [n for n, _ in plan_mod.node_names(settings.name, settings.workers)],
-                           timeout=60)
+            waitready.wait(path.read_bytes(), [n for n, _ in settings.node_names()], timeout=60)
         return path
     except BaseException:
         if not settings.retain:
@@ -226,7 +232,8 @@ def run_flags(privilege):
 
 def _relay(top, settings, out):
     """Echo the top-level container's status lines until the cluster is ready or failed."""
-    deadline = time.monotonic() + max(settings.wait, 60) + 240
+    # HA: each further control plane joins on its own, one after the other
+    deadline = time.monotonic() + max(settings.wait, 60) + 240 + 90 * (settings.control_planes - 1)
     tail = []
     for line in containers.stream_logs(top):
         tail = (tail + [line])[-40:]
@@ -245,7 +252,7 @@ def _up_direct(layout, settings, publish, out):
     plan = plan_mod.make_plan(settings)
     ctx = create.create(plan, settings.node_image, publish=publish, status=Status())
     try:
-        port = _host_port(plan.control_plane.name, publish[0])
+        port = _host_port(api_container(plan), publish[0])
         path, _ = _export_kubeconfig(layout, settings.name, ctx.kubeconfig, publish[0], port)
         if settings.wait > 0:
             waitready.wait(path.read_bytes(), [n.name for n in plan.nodes], timeout=60)
@@ -254,6 +261,11 @@ def _up_direct(layout, settings, publish, out):
         if not settings.retain:
             create.rollback(ctx)
         raise
+
+
+def api_container(plan):
+    """The container that publishes a non-nested cluster's API port: the load balancer (HA) or the control plane."""
+    return (plan.load_balancer or plan.control_plane).name
 
 
 def _remove(created):
@@ -344,7 +356,7 @@ def _direct_nodes(name):
     """The node containers of a non-nested cluster: [(name, labels)], the control plane first."""
     nodes = [(c["Names"][0].lstrip("/"), c.get("Labels") or {})
              for c in containers.containers({plan_mod.CLUSTER_LABEL: name})]
-    nodes = [n for n in nodes if n[1].get(plan_mod.ROLE_LABEL) in ("control-plane", "worker")]
+    nodes = [n for n in nodes if n[1].get(plan_mod.ROLE_LABEL) in ("control-plane", "worker", plan_mod.LB_ROLE)]
     return sorted(nodes, key=lambda n: (n[1].get(plan_mod.ROLE_LABEL) != "control-plane", n[0]))
 
 
@@ -404,15 +416,22 @@ def start(cfg, layout, name=None, timeout=300, out=print):
     path = kubeconfig_path(layout, name)
     containers.start_container(top)
     info = containers.inspect_container(top)
-    count = int((info["Config"]["Labels"] or {}).get(NODES_LABEL, "1"))
     if path.exists():
         # Ready as reported by kubelets since the start (the engine's clock): the API keeps serving the
         # Ready of before the stop for a while
-        waitready.wait(path.read_bytes(), [n for n, _ in plan_mod.node_names(name, count - 1)], timeout=timeout,
+        waitready.wait(path.read_bytes(), [n for n, _ in top_node_names(name, info)], timeout=timeout,
                        since=api.epoch(info["State"]["StartedAt"]))
         out(f"cluster {name} is Ready again in {time.monotonic() - t0:.1f}s; kubeconfig: {path}")
     else:
         out(f"started {top}; no kubeconfig at {path} to check readiness with")
+
+
+def top_node_names(name, info):
+    """[(node, role)] of a nested cluster, from its top-level container's ``docker inspect`` labels."""
+    labels = (info.get("Config") or {}).get("Labels") or info.get("Labels") or {}
+    count = int(labels.get(NODES_LABEL, "1"))
+    planes = int(labels.get(CONTROL_PLANES_LABEL, "1"))
+    return plan_mod.node_names(name, count - planes, planes)
 
 
 def _start_direct(layout, name, timeout):
@@ -433,7 +452,7 @@ def _start_direct(layout, name, timeout):
     # no kubeconfig given: the restart reads admin.conf from the control plane
     ctx = create.restart(plan, settings.node_image, None, status=Status())
     path, _ = _export_kubeconfig(layout, name, ctx.kubeconfig, settings.api_address,
-                                 _host_port(plan.control_plane.name, settings.api_address))
+                                 _host_port(api_container(plan), settings.api_address))
     return path
 
 
@@ -451,8 +470,9 @@ def clusters():
             row["nodes"] = int(labels.get(NODES_LABEL, "0"))
         elif role in ("control-plane", "worker"):
             row["nodes"] += 1
-        if role in (TOP_ROLE, "control-plane"):
-            row["state"] = c["State"]
+        if role in (TOP_ROLE, "control-plane", plan_mod.LB_ROLE):
+            if role != plan_mod.LB_ROLE:
+                row["state"] = c["State"]
             for p in c.get("Ports") or []:
                 if p.get("PrivatePort") == plan_mod.API_PORT and p.get("PublicPort"):
                     row["api"] = f"https://{p.get('IP', '127.0.0.1')}:{p['PublicPort']}"
@@ -489,13 +509,15 @@ class Shell:
         if not nodes:
             raise DindindError(f"no cluster named {name!r}", hint="see `doit cluster:status`")
         self.top = top_name(name) if tops else None
+        # the nodes (containerd, kubelet), and apart from them an HA cluster's load balancer
         if self.top:
             code, text = containers.exec_in(self.top, ["docker", "ps", "--filter", f"label={plan_mod.CLUSTER_LABEL}={name}",
-                                                   "--format", "{{.Names}}"])
-            self.nodes = sorted(text.split())
+                                                   "--format", f'{{{{.Names}}}} {{{{.Label "{plan_mod.ROLE_LABEL}"}}}}'])
+            found = [line.split() + [""] for line in text.splitlines() if line.strip()]
         else:
-            self.nodes = sorted(c["Names"][0].lstrip("/") for c in nodes
-                                if (c.get("Labels") or {}).get(plan_mod.ROLE_LABEL) in ("control-plane", "worker"))
+            found = [(c["Names"][0].lstrip("/"), (c.get("Labels") or {}).get(plan_mod.ROLE_LABEL)) for c in nodes]
+        self.nodes = sorted(n for n, r, *_ in found if r in ("control-plane", "worker"))
+        self.load_balancers = sorted(n for n, r, *_ in found if r == plan_mod.LB_ROLE)
 
     def run(self, node, cmd, check=True):
         if self.top:
@@ -525,6 +547,10 @@ def logs(cfg, layout, name=None, out=print):
             fsutil.write_text(tmp / f"{sh.top}.log", containers.logs(sh.top))
             _, text = containers.exec_in(sh.top, ["cat", "/var/log/dockerd.log"], check=False)
             fsutil.write_text(tmp / "dockerd.log", text)
+        for lb in sh.load_balancers:        # haproxy logs every connection and check to its stdout
+            for what, cmd in (("inspect.json", ["docker", "inspect", lb]), ("haproxy.log", ["docker", "logs", lb])):
+                _, text = sh.top_run(cmd, check=False)
+                fsutil.write_text(tmp / lb / what, text)
         for node in sh.nodes:
             ndir = tmp / node
             _, text = sh.top_run(["docker", "inspect", node], check=False)

@@ -76,7 +76,10 @@ def bring_up(settings, node_image):
     ctx = create_mod.create(plan, node_image, publish=("0.0.0.0", plan_mod.API_PORT))
     # kubeadm names the control plane by its container name, which only the node network
     # resolves; its static address is a SAN of the API certificate and reachable from here
-    server = f"https://{ctx.node_ips.get(plan.control_plane.name, plan.control_plane.ip)}:{plan_mod.API_PORT}"
+    # (HA: the load balancer's address, also a SAN)
+    address = plan.load_balancer.ip if plan.load_balancer else ctx.node_ips.get(plan.control_plane.name,
+                                                                                plan.control_plane.ip)
+    server = f"https://{address}:{plan_mod.API_PORT}"
     _write(KUBECONFIG, api.rewrite_server(ctx.kubeconfig, server), 0o600)
     _write(SETTINGS, settings.to_json())
 

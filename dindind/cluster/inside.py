@@ -27,7 +27,7 @@ import urllib.parse
 from dindind.base import config
 from dindind.base.errors import DindindError
 from dindind.cluster import api
-from dindind.cluster.plan import API_PORT, Settings, node_names
+from dindind.cluster.plan import API_PORT, Settings
 
 STATE = "/var/lib/dindind"
 KUBECONFIG = os.path.join(STATE, "kubeconfig")
@@ -106,7 +106,7 @@ def kubeconfig(args, state=STATE, out=sys.stdout):
 def readiness(state=STATE, timeout=5):
     """(names, {name: Ready}) of the ready cluster's nodes, asked of its API."""
     data, settings = require_ready(state)
-    names = [n for n, _ in node_names(settings.name, settings.workers)]
+    names = [n for n, _ in settings.node_names()]
     return names, api.node_readiness(data, timeout=timeout)
 
 

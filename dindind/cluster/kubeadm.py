@@ -83,21 +83,29 @@ def component_args(settings):
     return {"apiserver_args": gates + runtime, "controller_manager_args": list(gates), "scheduler_args": list(gates)}
 
 
-def context(plan, node, node_ip, control_plane_ip, cgroup_v1=False):
+def context(plan, node, node_ip, control_plane_ip, cgroup_v1=False, certificate_key=None):
     s = plan.settings
     cp = plan.control_plane
+    lb = plan.load_balancer
     sans = ["localhost", "127.0.0.1", cp.name, control_plane_ip]
+    if lb:          # HA: every API server answers as the load balancer (its address and container name)
+        sans += [lb.ip, lb.name]
     if s.api_address not in sans:
         sans.append(s.api_address)
     return {
         "kubernetes_version": s.kubernetes_version,
         "cluster_name": plan.name,
-        "control_plane_endpoint": f"{cp.name}:{API_PORT}",
+        "control_plane_endpoint": lb.endpoint if lb else f"{cp.name}:{API_PORT}",
         "cert_sans": sans,
         "pod_subnet": s.pod_subnet,
         "service_subnet": s.service_subnet,
         "token": plan.token,
-        "advertise_address": control_plane_ip if node.is_control_plane else node_ip,
+        # HA: init uploads the control-plane certificates encrypted with this key, and every other
+        # control plane joins with it (kubeadm's --upload-certs / --certificate-key, given in the file:
+        # kubeadm refuses those flags beside --config)
+        "certificate_key": certificate_key if node.is_control_plane else None,
+        "control_plane_join": node.is_control_plane and node.name != cp.name,
+        "advertise_address": node_ip,
         "bind_port": API_PORT,
         "node_name": node.name,
         "kubelet_args": kubelet_args(plan, node, node_ip),
@@ -141,10 +149,12 @@ def kubelet_patch(plan, node):
     return json.dumps(merged, sort_keys=True) + "\n" if merged else None
 
 
-def render_config(plan, node, node_ip, control_plane_ip, cgroup_v1=False):
-    """The kubeadm config file for one node (``cgroup_v1``: the nodes see a cgroup v1 hierarchy)."""
+def render_config(plan, node, node_ip, control_plane_ip, cgroup_v1=False, certificate_key=None):
+    """The kubeadm config file for one node (``cgroup_v1``: the nodes see a cgroup v1 hierarchy;
+    ``certificate_key``: HA control planes only, for the copy kubeadm reads while it runs)."""
     name = f"{api_version(plan.settings.kubernetes_version)}.yaml.j2"
-    text = render.render_string(TEMPLATES, name, context(plan, node, node_ip, control_plane_ip, cgroup_v1))
+    text = render.render_string(TEMPLATES, name, context(plan, node, node_ip, control_plane_ip, cgroup_v1,
+                                                         certificate_key))
     spec = node.spec or plan.settings.node_specs()[node.index]
     own = [p for p in spec.kubeadm_patches if p.get("kind") != "KubeletConfiguration"]
     if kubelet_patch(plan, node):

@@ -18,7 +18,7 @@ import socket
 from dataclasses import replace
 
 from dindind.base.errors import DindindError
-from dindind.cluster.plan import Mount, PortMapping, node_names
+from dindind.cluster.plan import Mount, PortMapping
 
 MOUNTS_DIR = "/mnt/dindind"
 INNER_PORTS = 40000     # the cluster container's port for the k-th mapping (nothing else listens there)
@@ -117,7 +117,7 @@ def warnings(settings):
 
 def describe(settings):
     """One line per port mapping: the host address and port, and the node port it reaches."""
-    names = [n for n, _ in node_names(settings.name, len(settings.node_specs()) - 1)]
+    names = [n for n, _ in settings.node_names()]
     lines = []
     for name, spec in zip(names, settings.node_specs()):
         for p in spec.extra_port_mappings:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 CLUSTER_LABEL = "io.dindind.cluster"
 ROLE_LABEL = "io.dindind.role"
+LB_ROLE = "external-load-balancer"    # the role label of an HA cluster's load balancer container
 SETTINGS_LABEL = "io.dindind.settings"      # on the control plane: the Settings as JSON
 API_PORT = 6443
 
@@ -110,6 +111,15 @@ class Settings:
         """Every node's NodeSpec, the control plane first."""
         return self.nodes or (NodeSpec("control-plane"),) + (NodeSpec("worker"),) * self.workers
 
+    @property
+    def control_planes(self):
+        """How many control-plane nodes (more than one: high availability, behind a load balancer)."""
+        return sum(1 for n in self.node_specs() if n.role == "control-plane")
+
+    def node_names(self):
+        """[(name, role)] of every node, the control planes first (:func:`node_names`)."""
+        return node_names(self.name, self.workers, self.control_planes)
+
 
 @dataclass(frozen=True)
 class Node:
@@ -126,11 +136,27 @@ class Node:
 
 
 @dataclass(frozen=True)
+class LoadBalancer:
+    """The API servers' load balancer of an HA cluster (haproxy in a container of the node image)."""
+
+    name: str          # <cluster>-external-load-balancer
+    ip: str            # static: the node subnet's last host address
+
+    role = LB_ROLE
+
+    @property
+    def endpoint(self):
+        return f"{self.ip}:{API_PORT}"
+
+
+@dataclass(frozen=True)
 class Plan:
     settings: Settings
     nodes: tuple
     network: str
     token: str = field(repr=False)
+    certificate_key: str = field(default=None, repr=False)   # HA only: kubeadm's key for the uploaded certs
+    load_balancer: LoadBalancer = None                        # HA only
 
     @property
     def name(self):
@@ -138,11 +164,22 @@ class Plan:
 
     @property
     def control_plane(self):
+        """The control plane that runs ``kubeadm init`` (the first)."""
         return self.nodes[0]
 
     @property
+    def control_planes(self):
+        return tuple(n for n in self.nodes if n.is_control_plane)
+
+    @property
     def workers(self):
-        return self.nodes[1:]
+        return tuple(n for n in self.nodes if not n.is_control_plane)
+
+    @property
+    def api_ip(self):
+        """The address every node and client uses for the API server: the load balancer's (HA), else
+        the control plane's."""
+        return self.load_balancer.ip if self.load_balancer else self.control_plane.ip
 
     def labels(self, role=None):
         labels = {CLUSTER_LABEL: self.name}
@@ -161,9 +198,28 @@ def bootstrap_token():
     return f"{pick(6)}.{pick(16)}"
 
 
-def node_names(name, workers):
-    """kind's naming: <name>-control-plane, <name>-worker, <name>-worker2, ..."""
-    names = [(f"{name}-control-plane", "control-plane")]
+def certificate_key():
+    """A fresh key for kubeadm's uploaded control-plane certificates (32 random bytes, hex: AES-256).
+
+    Used only while kubeadm runs (a file on the node's tmpfs /run, removed after); never in a label,
+    an artifact or a log line.
+    """
+    return secrets.token_hex(32)
+
+
+def load_balancer_name(name):
+    return f"{name}-external-load-balancer"
+
+
+def load_balancer_ip(node_subnet):
+    """The node subnet's last host address (.254 of a /24): the load balancer's, far from the nodes'."""
+    net = ipaddress.ip_network(node_subnet)
+    return str(net.broadcast_address - 1)
+
+
+def node_names(name, workers, control_planes=1):
+    """kind's naming: <name>-control-plane, <name>-control-plane2, ..., <name>-worker, <name>-worker2, ..."""
+    names = [(f"{name}-control-plane{i + 1 if i else ''}", "control-plane") for i in range(control_planes)]
     for i in range(workers):
         names.append((f"{name}-worker{i + 1 if i else ''}", "worker"))
     return names
@@ -176,16 +232,19 @@ def pod_slices(pod_subnet, count):
     return [str(next(slices)) for _ in range(count)]
 
 
-def make_plan(settings, token=None):
+def make_plan(settings, token=None, cert_key=None):
     specs = settings.node_specs()
-    names = node_names(settings.name, len(specs) - 1)
+    names = settings.node_names()
     slices = pod_slices(settings.pod_subnet, len(names))
     hosts = ipaddress.ip_network(settings.node_subnet).hosts()
     next(hosts)  # the bridge's gateway
     ips = [str(next(hosts)) for _ in names]
     nodes = tuple(Node(n, role, i, slices[i], ips[i], specs[i]) for i, (n, role) in enumerate(names))
+    ha = settings.control_planes > 1
+    lb = LoadBalancer(load_balancer_name(settings.name), load_balancer_ip(settings.node_subnet)) if ha else None
     return Plan(settings=settings, nodes=nodes, network=f"dindind-{settings.name}",
-                token=token or bootstrap_token())
+                token=token or bootstrap_token(), certificate_key=(cert_key or certificate_key()) if ha else None,
+                load_balancer=lb)
 
 
 # ------------------------------------------------------------------ the cluster config <-> Settings

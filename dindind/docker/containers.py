@@ -87,8 +87,12 @@ def _port(p):
 
 def run_container(image, name, *, labels, command=None, entrypoint=None, hostname=None, network=None,
                   ip=None, volumes=None, tmpfs=None, ports=None, env=None, sysctls=None, privilege=None,
-                  cgroupns=None, stop_signal=None, restart=None, binds_ro=None, stop_timeout=None, mounts=None):
+                  cgroupns=None, stop_signal=None, restart=None, binds_ro=None, stop_timeout=None, mounts=None,
+                  user=None, files=None):
     """Create and start a container; return its id.
+
+    ``user``: the user it runs as; ``files``: ``{path: (text, mode)}`` written into it before it starts
+    (its own filesystem, not a tmpfs).
 
     ``volumes`` maps a volume name to a mount point; ``ports`` maps a container
     port (6443, or "53/udp") to ``(host address, host port)``; ``mounts`` is a
@@ -112,12 +116,26 @@ def run_container(image, name, *, labels, command=None, entrypoint=None, hostnam
         netcfg = api.create_networking_config({network: api.create_endpoint_config(ipv4_address=ip)})
     c = engine.call(f"create container {name}", api.create_container, image, command=command, entrypoint=entrypoint,
               name=name, hostname=hostname, labels=labels, environment=env, host_config=hc, tty=True,
-              networking_config=netcfg, stop_signal=stop_signal, stop_timeout=stop_timeout,
+              networking_config=netcfg, stop_signal=stop_signal, stop_timeout=stop_timeout, user=user,
               ports=[(int(p.split("/")[0]), p.split("/")[1]) if isinstance(p, str) else int(p)
                      for p in (ports or {})] or None,
               volumes=list((volumes or {}).values()) + list((binds_ro or {}).values()) or None)
+    if files:
+        _put_before_start(api, name, files)
     engine.call(f"start container {name}", api.start, c["Id"])
     return c["Id"]
+
+
+def _put_before_start(api, container, files):
+    """Write ``{path: (text, mode)}`` into a created container (owned by root) in one archive."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for path, (data, mode) in sorted(files.items()):
+            data = data.encode() if isinstance(data, str) else data
+            ti = tarfile.TarInfo(str(path).lstrip("/"))
+            ti.size, ti.mode, ti.mtime = len(data), mode, int(time.time())
+            tf.addfile(ti, io.BytesIO(data))
+    engine.call(f"copy {', '.join(sorted(files))} into {container}", api.put_archive, container, "/", buf.getvalue())
 
 
 def start_container(name):

@@ -150,7 +150,7 @@ def test_label_values(value, ok):
     ([], "nodes: no node has role: control-plane; a cluster needs one"),
     (["worker"], "nodes: no node has role: control-plane; a cluster needs one"),
     (["control-plane", "control-plane", "worker"],
-     "nodes: 2 control-plane nodes: more than one control plane (HA) is not supported yet; keep one"),
+     "nodes: 2 control-plane nodes: give 1, 3, 5 or 7 (e.g. 1). Each control plane runs an etcd member, and etcd works only while a majority (quorum) of its members is up: an even count survives no more failures than 1 (a majority of 2 is 2)"),
     (["control-plane"] + ["worker"] * 11, "nodes: 11 workers: at most 10"),
 ])
 def test_role_counts_that_cannot_work_are_refused(roles, message):

@@ -453,7 +453,7 @@ def test_cluster_logs_unpack_only_inside_var_log(box, tmp_path, monkeypatch):
 
     class Shell:
         def __init__(self, name):
-            self.top, self.nodes = None, sorted(tars)
+            self.top, self.nodes, self.load_balancers = None, sorted(tars), []
 
         def top_run(self, cmd, check=True):
             return 0, "[]"

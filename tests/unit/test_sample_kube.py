@@ -411,3 +411,76 @@ def test_config_fields():
         assert sample_kube.field(join, "apiServerEndpoint", "bootstrapToken") == "127.0.0.1:6443"
         assert sample_kube.field(join, "token", "bootstrapToken") == TOKEN
         assert sample_kube.field(join, "name", "nodeRegistration") == "w1"
+
+
+# ------------------------------------------------------------------ high availability
+
+KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+JOIN_CP = JOIN["v1beta4"] + """\
+controlPlane:
+  localAPIEndpoint:
+    advertiseAddress: "127.0.0.1"
+    bindPort: @OWN@
+  certificateKey: "@KEY@"
+"""
+
+
+def test_control_planes_join_with_the_uploaded_certificates_one_at_a_time(tmp_path):
+    """init --upload-certs, control-plane joins (wrong key refused, a second member refused while one
+    added has not started), a worker joined through another control plane: every API server answers
+    from the one store."""
+    sample.generate(tmp_path / "tree", VERSION, EPOCH)
+    bin_dir = tmp_path / "tree/kubernetes/server/bin"
+    ports = [_free_port() for _ in range(3)]
+    nodes = []
+    try:
+        cp1 = Node(tmp_path, "sample-cp", bin_dir)
+        nodes.append(cp1)
+        init = INIT["v1beta4"].replace("@PORT@", str(ports[0])).replace("@TOKEN@", TOKEN) \
+            .replace("bootstrapTokens:", f'certificateKey: "{KEY}"\nbootstrapTokens:')
+        path = cp1.root / "init.yaml"
+        path.write_text(init)
+        out = cp1.run("kubeadm", "init", f"--config={path}", "--upload-certs", "--skip-certificate-key-print")
+        assert KEY not in out.stdout + out.stderr
+        assert cp1.path(sample_kube.CERTS).stat().st_mode & 0o777 == 0o600
+        assert KEY.encode() not in cp1.path(sample_kube.CERTS).read_bytes()
+
+        def join_cp(name, port, key=KEY, check=True):
+            node = Node(tmp_path, name, bin_dir)
+            nodes.append(node)
+            cfg = (JOIN_CP.replace("@PORT@", str(ports[0])).replace("@TOKEN@", TOKEN).replace("@NAME@", name)
+                   .replace("@OWN@", str(port)).replace("@KEY@", key))
+            return node, node.kubeadm("join", cfg, check=check)
+
+        _, wrong = join_cp("sample-wrong", ports[1], key="ff" * 32, check=False)
+        assert wrong.returncode == 1 and "does not decrypt" in wrong.stderr
+        cp2, _ = join_cp("sample-cp2", ports[1])
+        # a member added that has not started yet: etcd takes no other
+        admin = _client(tmp_path, _kubeconfig(cp1, "admin.conf"))
+        store = f"https://127.0.0.1:{ports[0]}{sample_kube.STORE_PATH}/members"
+        assert _call(store, admin, "POST", {"name": "sample-ghost"})[0] == 201
+        _, refused = join_cp("sample-cp3", ports[2], check=False)
+        assert refused.returncode == 1 and "has not started yet" in refused.stderr, refused.stderr
+        assert _call(f"{store}/sample-ghost", admin, "PUT", {})[0] == 200
+        nodes.pop().stop()
+        cp3, _ = join_cp("sample-cp3b", ports[2])
+        members = _call(store, admin)[1]
+        assert [m["name"] for m in members] == ["sample-cp", "sample-cp2", "sample-ghost", "sample-cp3b"]
+        for before, after in zip(members, members[1:]):
+            assert before["started"] <= after["added"]
+        # a worker joined through the second control plane; every API server lists every node
+        worker = Node(tmp_path, "sample-w1", bin_dir)
+        nodes.append(worker)
+        worker.kubeadm("join", JOIN["v1beta4"].replace("@PORT@", str(ports[1])).replace("@TOKEN@", TOKEN)
+                       .replace("@NAME@", "sample-w1"))
+        for port in ports:
+            answer = _call(f"https://127.0.0.1:{port}/api/v1/nodes", admin)[1]
+            ready = {n["metadata"]["name"]: n["status"]["conditions"][0]["status"] for n in answer["items"]}
+            assert {k: v for k, v in ready.items() if k != "sample-ghost"} == {
+                "sample-cp": "True", "sample-cp2": "True", "sample-cp3b": "True", "sample-w1": "True"}, port
+            roles = {n["metadata"]["name"] for n in answer["items"]
+                     if "node-role.kubernetes.io/control-plane" in n["metadata"]["labels"]}
+            assert {"sample-cp", "sample-cp2", "sample-cp3b"} <= roles
+    finally:
+        for n in nodes:
+            n.stop()

@@ -13,6 +13,15 @@ just enough for a sample cluster to come up and pass dindind's readiness check:
 * kubeadm join --config F: cluster-info discovery (the server is never
   verified, as with unsafeSkipCAVerification), TLS bootstrap with the token,
   kubelet.conf; restarts the kubelet and waits for its first heartbeat.
+* high availability: ``kubeadm init --upload-certs`` stores the CA, encrypted
+  with InitConfiguration's certificateKey, as the kubeadm-certs "Secret";
+  ``kubeadm join`` with a JoinConfiguration ``controlPlane`` (its
+  certificateKey) downloads and decrypts it with the bootstrap token, adds an
+  "etcd member" (refused while another added member has not started: etcd
+  takes one at a time), writes its own certificates and serves the API
+  stand-in too. The first control plane's stand-in holds the one store (the
+  sample's etcd: nodes and members); the others forward to it, so every API
+  server behind a load balancer answers the same.
 * kubeadm reset: stops the kubelet and removes what init and join wrote.
 * kubelet: exits 1 until kubelet.conf exists (systemd restarts it, as the real
   one crash-loops before kubeadm); serves the API stand-in if the manifest is
@@ -41,6 +50,11 @@ K8S, STATE, KUBELET_DIR = ROOT + "/etc/kubernetes", ROOT + "/var/lib/dindind-sam
 PKI, MANIFEST = K8S + "/pki", K8S + "/manifests/kube-apiserver.yaml"
 TOKEN_FILE, CLUSTER_INFO = PKI + "/sample-bootstrap-token", STATE + "/cluster-info.yaml"
 NODES, MARKER = STATE + "/nodes", STATE + "/heartbeat-ok"
+CERTS, MEMBERS = STATE + "/kubeadm-certs.enc", STATE + "/members.json"
+STORE_CLIENT = STATE + "/store-client.pem"      # a joined control plane's admin credentials for the store
+CERTS_PATH = "/api/v1/namespaces/kube-system/secrets/kubeadm-certs"
+STORE_PATH = "/sample-store"
+STORE = {}      # a joined control plane's API stand-in: {"url": the first control plane's, "ctx": its TLS}
 CLIENT_PEM = KUBELET_DIR + "/pki/kubelet-client-current.pem"
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 CLUSTER_INFO_PATH = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
@@ -183,6 +197,26 @@ def read_kubeconfig(text):
             "cert": base64.b64decode(get("client-certificate-data")), "key": base64.b64decode(get("client-key-data"))}
 
 
+def check_key(key):
+    """A certificate key as kubeadm takes it: 32 bytes, hex."""
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", key or ""):
+        raise Fail("the certificate key must be 64 hexadecimal characters (32 bytes; kubeadm certs certificate-key)")
+    return key
+
+
+def encrypt(key, data):
+    """``data`` encrypted with the certificate key (AES-256-CBC; the key never on a command line)."""
+    return openssl("enc", "-aes-256-cbc", "-pbkdf2", "-salt", "-pass", "file:TMP/key", files={"key": key}, data=data)
+
+
+def decrypt(key, data):
+    try:
+        return openssl("enc", "-d", "-aes-256-cbc", "-pbkdf2", "-pass", "file:TMP/key", files={"key": key}, data=data)
+    except Fail:
+        raise Fail("the certificate key does not decrypt the uploaded certificates (kubeadm-certs): "
+                   "is it the key kubeadm init --upload-certs used?") from None
+
+
 def call(url, ctx, method="GET", body=None, headers=None):
     """(status, decoded JSON body) of one HTTPS request."""
     req = urllib.request.Request(url, method=method, headers={"Content-Type": "application/json", **(headers or {})},
@@ -270,6 +304,18 @@ spec:
       --tls-private-key-file=/etc/kubernetes/pki/apiserver.key]
 """)
     write(f"{NODES}/{name}.json", json.dumps({"name": name, "controlPlane": True, "heartbeat": 0}))
+    now = time.time()
+    write(MEMBERS, json.dumps([{"name": name, "peer": addr, "added": now, "started": now}]))
+    if "--upload-certs" in args:
+        key = field(ic, "certificateKey")
+        if not key:
+            key = secrets.token_hex(32)
+            if "--skip-certificate-key-print" not in args:
+                print(f"[upload-certs] Using certificate key:\n{key}")
+        store = f"https://{f'[{addr}]' if ':' in addr else addr}:{port}"
+        bundle = {"ca.crt": ca.decode(), "ca.key": ca_key.decode(), "store": store}
+        write(CERTS, encrypt(check_key(key), json.dumps(bundle).encode()), 0o600)
+        print('[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" Namespace')
     print("[certs] [kubeconfig] [control-plane] written; [kubelet-start] restarting the kubelet")
     restart_kubelet(name, ic)
     ctx = ssl.create_default_context(cadata=ca.decode())
@@ -295,6 +341,8 @@ def join(args):
     wait_for(f"cluster-info from https://{endpoint}", 60, discover)
     ca, server = found["ca"], found["server"]
     print(f"[discovery] cluster-info from {endpoint}: API server {server}")
+    if under(jc, "controlPlane") or re.search(r"(?m)^controlPlane:", jc or ""):
+        return join_control_plane(jc, endpoint, token, name, ca, server, kubeadm_config(flag(args, "config")))
     key, csr = new_key_csr([("O", "system:nodes"), ("CN", f"system:node:{name}")])
     status, answer = call(server + CSR_PATH, ssl.create_default_context(cadata=ca.decode()), "POST", {
         "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
@@ -312,6 +360,78 @@ def join(args):
     restart_kubelet(name, jc)
     wait_for("the kubelet's first heartbeat", 30, lambda: os.path.exists(MARKER))
     print("\nThis node has joined the cluster\n(dindind sample: this is NOT Kubernetes)")
+    return 0
+
+
+def join_control_plane(jc, endpoint, token, name, ca, server, docs):
+    """kubeadm join --control-plane: the uploaded CA, an etcd member (one at a time), an API server of its own."""
+    cp = under(jc, "controlPlane")
+    key = field(cp, "certificateKey")
+    if not key:
+        raise Fail("joining a control plane needs controlPlane.certificateKey (the key kubeadm init --upload-certs "
+                   "used)")
+    check_key(key)
+    addr = field(cp, "advertiseAddress", "localAPIEndpoint") or socket.gethostbyname(socket.gethostname())
+    port = int(field(cp, "bindPort", "localAPIEndpoint") or 6443)
+    code, answer = call(f"https://{endpoint}{CERTS_PATH}", ssl.create_default_context(cadata=ca.decode()),
+                        headers={"Authorization": f"Bearer {token}"})
+    if code != 200:
+        raise Fail(f"cannot download the certificates (Secret kubeadm-certs: {code} {dig(answer, 'message')}); "
+                   "did kubeadm init run with --upload-certs?")
+    blob = base64.b64decode(dig(answer, "data", "certs") or "")
+    bundle = json.loads(decrypt(key, blob))
+    print('[download-certs] the certificates of Secret "kubeadm-certs", decrypted with the certificate key')
+    write(f"{PKI}/ca.crt", bundle["ca.crt"])
+    write(f"{PKI}/ca.key", bundle["ca.key"], 0o600)
+    write(CERTS, blob, 0o600)                   # this API server serves it too
+    write(TOKEN_FILE, token + "\n", 0o600)
+    write(CLUSTER_INFO, kubeconfig(server, ca))
+    akey, csr = new_key_csr([("O", "system:masters"), ("CN", "kubernetes-admin")])
+    acert = sign(csr, "clientAuth")
+    write(f"{K8S}/admin.conf", kubeconfig(server, ca, "kubernetes-admin", acert, akey), 0o600)
+    write(STORE_CLIENT, acert + akey, 0o600)
+    store = bundle["store"]
+    sctx = ssl.create_default_context(cadata=ca.decode())
+    sctx.load_cert_chain(STORE_CLIENT)
+    code, answer = call(f"{store}{STORE_PATH}/members", sctx, "POST", {"name": name, "peer": addr})
+    if code != 201:
+        raise Fail(f"etcd member add refused ({code}): {dig(answer, 'message')}")
+    print(f"[etcd] member {name} ({addr}) added through {store}")
+    hostpart = endpoint.rsplit(":", 1)[0].strip("[]")
+    key_, csr = new_key_csr([("CN", "kube-apiserver")])
+    write(f"{PKI}/apiserver.key", key_, 0o600)
+    write(f"{PKI}/apiserver.crt", sign(csr, "serverAuth", [
+        *items(under(docs.get("ClusterConfiguration"), "apiServer"), "certSANs"), addr, "127.0.0.1", "localhost",
+        name, "kubernetes", "kubernetes.default", "kubernetes.default.svc", hostpart]))
+    kkey, csr = new_key_csr([("O", "system:nodes"), ("CN", f"system:node:{name}")])
+    write(f"{K8S}/kubelet.conf", kubeconfig(server, ca, f"system:node:{name}", sign(csr, "clientAuth"), kkey), 0o600)
+    write(MANIFEST, f"""\
+# dindind sample kubeadm: the sample kubelet serves its API stand-in on --secure-port, its store on the first control plane.
+apiVersion: v1
+kind: Pod
+metadata: {{name: kube-apiserver, namespace: kube-system, labels: {{component: kube-apiserver, tier: control-plane}}}}
+spec:
+  hostNetwork: true
+  containers:
+  - name: kube-apiserver
+    image: {BUILD["apiserver_image"]}
+    command: [kube-apiserver, --advertise-address={addr}, --secure-port={port}, --sample-store={store},
+      --client-ca-file=/etc/kubernetes/pki/ca.crt, --tls-cert-file=/etc/kubernetes/pki/apiserver.crt,
+      --tls-private-key-file=/etc/kubernetes/pki/apiserver.key]
+""")
+    if os.path.exists(MARKER):
+        os.unlink(MARKER)
+    print("[control-plane] written; [kubelet-start] restarting the kubelet")
+    restart_kubelet(name, jc)
+    ctx = ssl.create_default_context(cadata=ca.decode())
+    url = f"https://127.0.0.1:{port}/readyz"
+    wait_for(url, 60, lambda: urllib.request.urlopen(url, context=ctx, timeout=2).status == 200)
+    code, answer = call(f"{store}{STORE_PATH}/members/{name}", sctx, "PUT", {})
+    if code != 200:
+        raise Fail(f"etcd member {name} could not be marked started ({code}): {dig(answer, 'message')}")
+    wait_for("the kubelet's first heartbeat", 30, lambda: os.path.exists(MARKER))
+    print("\nThis node has joined the cluster and a new control plane instance was created\n"
+          "(dindind sample: this is NOT Kubernetes)")
     return 0
 
 
@@ -374,6 +494,68 @@ def node_json(rec):
                        "nodeInfo": {"kubeletVersion": rec.get("kubeletVersion", VERSION)}}}
 
 
+def members():
+    if not os.path.exists(MEMBERS):
+        return []
+    with open(MEMBERS) as f:
+        return json.load(f)
+
+
+def local_store(method, path, body):
+    """The sample's etcd, on the first control plane: (status, answer) of one store call."""
+    m = re.fullmatch(rf"{STORE_PATH}/(nodes|members)(?:/([^/]+))?", path)
+    if not m or (m[2] is not None and not NODE_NAME.fullmatch(m[2])):
+        return 404, {"message": f"no store path {path}"}
+    what, name = m[1], m[2]
+    body = body if isinstance(body, dict) else {}
+    with API.lock:
+        if what == "nodes":
+            known = nodes()
+            if method == "GET":
+                if name is None:
+                    return 200, known
+                return (200, known[name]) if name in known else (404, {"message": f"node {name} not found"})
+            if method == "PUT" and name:
+                rec = {**known.get(name, {"name": name}), "heartbeat": time.time(),
+                       "kubeletVersion": body.get("kubeletVersion") or VERSION}
+                rec.setdefault("labels", body.get("labels") or {})   # set when the node registers
+                write(f"{NODES}/{name}.json", json.dumps(rec))
+                return 200, rec
+        else:
+            found = members()
+            if method == "GET" and name is None:
+                return 200, found
+            if method == "POST" and name is None:
+                new = body.get("name")
+                if not (isinstance(new, str) and NODE_NAME.fullmatch(new)):
+                    return 400, {"message": "a member needs a name"}
+                pending = [x["name"] for x in found if not x.get("started")]
+                if pending:
+                    return 409, {"message": f"etcdserver: unhealthy cluster: member {pending[0]} was added but has "
+                                            "not started yet (etcd adds one member at a time)"}
+                if any(x["name"] == new for x in found):
+                    return 409, {"message": f"etcdserver: member {new} already exists"}
+                found.append({"name": new, "peer": body.get("peer"), "added": time.time(), "started": None})
+                write(MEMBERS, json.dumps(found))
+                write(f"{NODES}/{new}.json", json.dumps({"name": new, "controlPlane": True, "heartbeat": 0}))
+                return 201, found[-1]
+            if method == "PUT" and name:
+                for x in found:
+                    if x["name"] == name:
+                        x["started"] = time.time()
+                        write(MEMBERS, json.dumps(found))
+                        return 200, x
+                return 404, {"message": f"member {name} not found"}
+    return 405, {"message": f"{method} {path} is not allowed"}
+
+
+def store(method, path, body=None):
+    """A store call: here on the first control plane, else forwarded to it with this node's admin credentials."""
+    if STORE:
+        return call(STORE["url"] + path, STORE["ctx"], method, body)
+    return local_store(method, path, body)
+
+
 class API(BaseHTTPRequestHandler):
     lock = threading.Lock()
 
@@ -417,6 +599,20 @@ class API(BaseHTTPRequestHandler):
                                         "metadata": {"name": "cluster-info", "namespace": "kube-public"}})
         if method == "POST" and path == CSR_PATH:
             return self.csr()
+        if method == "GET" and path == CERTS_PATH:
+            if not self.token_ok():
+                return self.status(401, "Unauthorized", "Unauthorized")
+            if not os.path.exists(CERTS):
+                return self.status(404, "NotFound", 'secrets "kubeadm-certs" not found')
+            with open(CERTS, "rb") as f:
+                return self.reply(200, {"kind": "Secret", "apiVersion": "v1", "type": "Opaque",
+                                        "metadata": {"name": "kubeadm-certs", "namespace": "kube-system"},
+                                        "data": {"certs": base64.b64encode(f.read()).decode()}})
+        if path.startswith(STORE_PATH + "/"):
+            if "system:masters" not in orgs:
+                return self.status(403, "Forbidden", f'User "{user}" cannot use the store')
+            code, answer = store(method, path, json.loads(self.data or b"{}"))
+            return self.reply(code, answer)
         if m and m[2] and method == "PUT" and NODE_NAME.fullmatch(m[1]):
             if user != f"system:node:{m[1]}" or "system:nodes" not in orgs:
                 return self.status(403, "Forbidden", f'User "{user}" cannot update the status of node "{m[1]}"')
@@ -425,15 +621,16 @@ class API(BaseHTTPRequestHandler):
             labels = dig(body, "metadata", "labels") or {}
             if not (isinstance(labels, dict) and all(isinstance(v, str) for v in [*labels, *labels.values()])):
                 return self.status(400, "BadRequest", "metadata.labels must map strings to strings")
-            with self.lock:
-                rec = {**nodes().get(m[1], {"name": m[1]}), "heartbeat": time.time(), "kubeletVersion": version}
-                rec.setdefault("labels", labels)      # as kubelet's --node-labels: set when the node registers
-                write(f"{NODES}/{m[1]}.json", json.dumps(rec))
+            code, rec = store("PUT", f"{STORE_PATH}/nodes/{m[1]}", {"kubeletVersion": version, "labels": labels})
+            if code != 200:
+                return self.status(503, "ServiceUnavailable", f"the store answered {code}: {dig(rec, 'message')}")
             return self.reply(200, node_json(rec))
         if m and method == "GET" and not m[2]:
             if "system:masters" not in orgs:
                 return self.status(403, "Forbidden", f'User "{user}" cannot get nodes')
-            known = nodes()
+            code, known = store("GET", f"{STORE_PATH}/nodes")
+            if code != 200:
+                return self.status(503, "ServiceUnavailable", f"the store answered {code}: {dig(known, 'message')}")
             if m[1] is None:
                 return self.reply(200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {},
                                         "items": [node_json(r) for r in known.values()]})
@@ -442,11 +639,15 @@ class API(BaseHTTPRequestHandler):
         return self.status(404, "NotFound", "the server could not find the requested resource "
                                             "(the dindind sample API stand-in answers only a few calls)")
 
-    def csr(self):
-        """Bootstrap-token TLS bootstrap: sign a node client certificate request (auto-approved)."""
+    def token_ok(self):
+        """Whether the request carries the cluster's bootstrap token."""
         with open(TOKEN_FILE) as f:
             expected = f"Bearer {f.read().strip()}".encode()
-        if not hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected):
+        return hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected)
+
+    def csr(self):
+        """Bootstrap-token TLS bootstrap: sign a node client certificate request (auto-approved)."""
+        if not self.token_ok():
             return self.status(401, "Unauthorized", "Unauthorized")
         body = json.loads(self.data or b"{}")
         try:
@@ -506,7 +707,13 @@ def kubelet(args):
     name = (flag(args, "hostname-override") or socket.gethostname()).lower()
     if os.path.exists(MANIFEST):
         with open(MANIFEST) as f:
-            serve_api(int(re.search(r"--secure-port=(\d+)", f.read())[1]))
+            manifest = f.read()
+        upstream = re.search(r"--sample-store=([^\s,\]]+)", manifest)
+        if upstream:            # a joined control plane: the store is the first control plane's
+            sctx = ssl.create_default_context(cafile=f"{PKI}/ca.crt")
+            sctx.load_cert_chain(STORE_CLIENT)
+            STORE.update(url=upstream[1], ctx=sctx)
+        serve_api(int(re.search(r"--secure-port=(\d+)", manifest)[1]))
     with open(path) as f:
         kc = read_kubeconfig(f.read())
     write(CLIENT_PEM, kc["cert"] + kc["key"], 0o600)

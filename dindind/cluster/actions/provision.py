@@ -39,7 +39,9 @@ def node_run_args(ctx, node):
     )
     if os.path.isdir("/lib/modules"):
         kw["binds_ro"] = {"/lib/modules": "/lib/modules"}
-    ports = {API_PORT: ctx.publish} if node.is_control_plane and ctx.publish else {}
+    # the API port on the host: the control plane's, or (HA) the load balancer's (actions/loadbalancer.py)
+    api = node is plan.control_plane and ctx.publish and plan.load_balancer is None
+    ports = {API_PORT: ctx.publish} if api else {}
     spec = node.spec or plan.settings.node_specs()[node.index]
     # the cluster config's extraPortMappings and extraMounts: from this engine's host (nested: the
     # cluster container, which the host side gave the same ports and paths) to the node

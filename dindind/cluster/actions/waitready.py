@@ -36,8 +36,9 @@ def execute(ctx):
     if ctx.plan.settings.wait <= 0:
         return
     # the kubeconfig names the control plane by its container name, which only
-    # the nodes' network resolves: ask its address instead (a SAN of the cert)
-    server = f"https://{ctx.node_ips[ctx.plan.control_plane.name]}:{API_PORT}"
+    # the nodes' network resolves: ask its address instead (a SAN of the cert); HA: the load balancer's
+    lb = ctx.plan.load_balancer
+    server = f"https://{lb.ip if lb else ctx.node_ips[ctx.plan.control_plane.name]}:{API_PORT}"
     waited = wait(ctx.kubeconfig, [n.name for n in ctx.plan.nodes], ctx.plan.settings.wait, server=server,
                   since=ctx.restarted)
     ctx.status.info(f"{len(ctx.plan.nodes)} nodes Ready after {waited:.1f}s")
