@@ -37,6 +37,7 @@ NODE_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "containerd", "runc", "iptables", "iproute2", "socat",
     "util-linux", "mount", "ebtables", "ethtool", "conntrack", "kmod", "ca-certificates", "procps",
     "libseccomp2", "bash", "iputils-ping",
+    "docker-registry",      # the cluster's local registry runs from the node image (not enabled in a node)
 )
 CLUSTER_PACKAGES = (
     "docker.io", "zstd", "python3", "python3-yaml", "python3-jinja2", "python3-docker", "iproute2", "iptables",

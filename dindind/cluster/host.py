@@ -38,6 +38,7 @@ from dindind.docker import containers, engine
 from dindind.base.errors import CommandError, DindindError, InputError
 from dindind.cluster import api, create, inside, passthrough, plan as plan_mod
 from dindind.cluster import conformance as conformance_mod
+from dindind.cluster import registry as registry_mod
 from dindind.cluster import kubeconfig as kubeconfig_mod
 from dindind.cluster.actions import waitready
 from dindind.cluster.status import Status
@@ -149,9 +150,14 @@ def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print,
     if settings.api_address not in ("127.0.0.1", "::1"):
         out(f"WARNING: the API server of {settings.name} will listen on {settings.api_address}, "
             "reachable from other machines (cluster.api_address)")
-    publish = _publish(settings)
-    settings = passthrough.reserve_ports(settings, taken=[publish])
-    for line in passthrough.warnings(settings):
+    held = passthrough.hold_registry_port(settings)     # held: no other port is picked on it
+    try:
+        publish = _publish(settings)
+        settings = passthrough.reserve_ports(settings, taken=[publish])
+    finally:
+        if held:
+            held.close()
+    for line in passthrough.warnings(settings) + registry_mod.warnings(settings):
         out(line)
     start = time.monotonic()
     if cfg.cluster["nested"]:
@@ -159,7 +165,7 @@ def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print,
     else:
         path = _up_direct(layout, settings, publish, out)
     out(f"cluster {settings.name} is up in {time.monotonic() - start:.1f}s; kubeconfig: {path}")
-    for line in passthrough.describe(settings):
+    for line in passthrough.describe(settings) + registry_mod.describe(settings):
         out(line)
     sample = settings.kubernetes_version.endswith("+sample")
     out(f"  kubectl --kubeconfig {shlex.quote(str(path))} " + ("get --raw /api/v1/nodes   # the sample serves "
@@ -348,6 +354,12 @@ def _direct_nodes(name):
     return sorted(nodes, key=lambda n: (n[1].get(plan_mod.ROLE_LABEL) != "control-plane", n[0]))
 
 
+def _direct_registry(name):
+    """The local registry container of a non-nested cluster: [its name], or []."""
+    return [c["Names"][0].lstrip("/") for c in containers.containers(
+        {plan_mod.CLUSTER_LABEL: name, plan_mod.ROLE_LABEL: registry_mod.ROLE})]
+
+
 def published_server(container):
     """``https://ADDRESS:PORT`` where ``container`` publishes the API port on the host, or None."""
     bindings = containers.inspect_container(container)["NetworkSettings"]["Ports"].get(f"{plan_mod.API_PORT}/tcp")
@@ -379,7 +391,7 @@ def stop(cfg, name=None, out=print):
     if top:
         containers.stop_container(top, STOP_TIMEOUT)
     else:
-        failed = create.stop([n for n, _ in _direct_nodes(name)])
+        failed = create.stop([n for n, _ in _direct_nodes(name)] + _direct_registry(name))
         if failed:
             raise DindindError(f"cluster {name} did not stop cleanly", detail="\n".join(failed),
                                hint=f"retry `doit cluster:stop --name {name}`")
@@ -491,8 +503,10 @@ class Shell:
         self.top = top_name(name) if tops else None
         if self.top:
             code, text = containers.exec_in(self.top, ["docker", "ps", "--filter", f"label={plan_mod.CLUSTER_LABEL}={name}",
-                                                   "--format", "{{.Names}}"])
-            self.nodes = sorted(text.split())
+                                                   "--format", "{{.Names}} {{.Label \"%s\"}}" % plan_mod.ROLE_LABEL])
+            # the nodes only: not the local registry beside them
+            self.nodes = sorted(line.split()[0] for line in text.splitlines()
+                                if len(line.split()) == 2 and line.split()[1] in ("control-plane", "worker"))
         else:
             self.nodes = sorted(c["Names"][0].lstrip("/") for c in nodes
                                 if (c.get("Labels") or {}).get(plan_mod.ROLE_LABEL) in ("control-plane", "worker"))

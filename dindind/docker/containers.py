@@ -87,13 +87,15 @@ def _port(p):
 
 def run_container(image, name, *, labels, command=None, entrypoint=None, hostname=None, network=None,
                   ip=None, volumes=None, tmpfs=None, ports=None, env=None, sysctls=None, privilege=None,
-                  cgroupns=None, stop_signal=None, restart=None, binds_ro=None, stop_timeout=None, mounts=None):
+                  cgroupns=None, stop_signal=None, restart=None, binds_ro=None, stop_timeout=None, mounts=None,
+                  user=None):
     """Create and start a container; return its id.
 
     ``volumes`` maps a volume name to a mount point; ``ports`` maps a container
     port (6443, or "53/udp") to ``(host address, host port)``; ``mounts`` is a
     list of ``(host path, container path, read only)`` bind mounts (the source
-    must exist; any characters); ``privilege`` is privilege_opts().
+    must exist; any characters); ``privilege`` is privilege_opts() (or other host-config
+    security options: cap_drop, security_opt, read_only); ``user``: the user it runs as.
     """
     api = engine.client()
     binds = {v: {"bind": p, "mode": "rw"} for v, p in (volumes or {}).items()}
@@ -112,7 +114,7 @@ def run_container(image, name, *, labels, command=None, entrypoint=None, hostnam
         netcfg = api.create_networking_config({network: api.create_endpoint_config(ipv4_address=ip)})
     c = engine.call(f"create container {name}", api.create_container, image, command=command, entrypoint=entrypoint,
               name=name, hostname=hostname, labels=labels, environment=env, host_config=hc, tty=True,
-              networking_config=netcfg, stop_signal=stop_signal, stop_timeout=stop_timeout,
+              networking_config=netcfg, stop_signal=stop_signal, stop_timeout=stop_timeout, user=user,
               ports=[(int(p.split("/")[0]), p.split("/")[1]) if isinstance(p, str) else int(p)
                      for p in (ports or {})] or None,
               volumes=list((volumes or {}).values()) + list((binds_ro or {}).values()) or None)
