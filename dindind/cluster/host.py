@@ -558,6 +558,11 @@ def logs(cfg, layout, name=None, out=print):
             except (tarfile.TarError, EOFError, ValueError, OSError, InputError) as exc:
                 msg = exc.message if isinstance(exc, InputError) else exc
                 fsutil.write_text(ndir / "var-log.error", f"cannot unpack /var/log of {node}: {msg}\n")
+        # the local registry, when the cluster has one: its own log (docker-registry logs to stderr)
+        reg = f"{name}-{registry_mod.ROLE}"
+        code, text = sh.top_run(["docker", "logs", reg], check=False)
+        if code == 0:
+            fsutil.write_text(tmp / reg / "registry.log", text)
     out(f"logs of {name} in {dest}")
     return dest
 

@@ -164,6 +164,14 @@ def test_the_local_registry_hosting_configmap_says_where_it_is(built, nested):
         "host": f"localhost:{nested['port']}", "hostFromClusterNetwork": "172.30.0.253:5000"}
 
 
+def test_cluster_logs_keep_the_registrys_log_and_treat_it_as_no_node(built, nested):
+    built.doit("cluster:logs", "--name", NESTED)
+    logs = built.path / "artifacts" / "clusters" / NESTED / "logs"
+    assert "listening on" in (logs / f"{NESTED}-registry" / "registry.log").read_text()
+    assert not (logs / f"{NESTED}-registry" / "kubelet.log").exists()
+    assert (logs / f"{NESTED}-control-plane" / "kubelet.log").is_file()
+
+
 def test_non_nested_the_registry_is_on_the_hosts_engine_kept_over_stop_and_start_and_removed_by_down(
         built, tmp_path, tiny):
     cfg = tmp_path / "direct.yaml"
