@@ -89,6 +89,7 @@ def cluster(real, busybox, tmp_path_factory):
             return r
 
         print(f"\ncluster:up with a registry, 1 control plane, nested: {took:.1f}s")
+        print("\n".join(line for line in up.stdout.splitlines() if " ✓ " in line or " is up in " in line))
         yield {"kubectl": kubectl, "port": port, "up": up}
     finally:
         start = time.monotonic()
