@@ -113,6 +113,11 @@ def test_an_image_pushed_from_the_host_runs_as_a_pod(cluster, busybox):
     cm = json.loads(kubectl("get", "configmap", "-n", "kube-public", "local-registry-hosting", "-o", "json").stdout)
     hosting = yaml.safe_load(cm["data"]["localRegistryHosting.v1"])
     assert hosting["host"] == f"localhost:{port}"
+    # the controller-manager makes the namespace's default ServiceAccount a moment after the node is Ready
+    deadline = time.monotonic() + 120
+    while kubectl("get", "serviceaccount", "default", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "no default ServiceAccount after 120s"
+        time.sleep(1)
     start = time.monotonic()
     kubectl("apply", "-f", "-", input=POD.format(image=ref, inner=hosting["hostFromClusterNetwork"]))
     phase, deadline = "", time.monotonic() + 180
