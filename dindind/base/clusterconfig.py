@@ -83,6 +83,12 @@ GATE_RE = r"^[A-Z][A-Za-z0-9]{0,99}$"
 GATE_FMT = "a feature gate name: a CamelCase identifier (letters and digits, a capital first), e.g. InPlacePodVerticalScaling"
 RUNTIME_KEY_RE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?(/[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?){0,2}$"
 RUNTIME_KEY_FMT = "an API group/version such as api/alpha, api/all, v1 or resource.k8s.io/v1beta1"
+# the local registry (registry:): kind's recipe's port; the API server's port in the nodes and in the cluster
+# container, where the registry is published too (nested), is never a registry port
+REGISTRY_PORT = 5001
+API_PORT = 6443
+INNER_PORTS = 40000     # the cluster container's port for the k-th extraPortMapping (dindind.cluster.passthrough)
+
 # the containerd config versions a containerdConfigPatches entry may name (containerd 2 migrates 2 to 3)
 CONTAINERD_VERSIONS = (2, 3)
 MAX_PATCH = 20_000
@@ -208,6 +214,15 @@ SPEC = {
     "containerdConfigPatches": Field("array", [], items=Field("string", check=_toml_text),
                                      doc="TOML drop-ins for every node's containerd, "
                                          "/etc/containerd/conf.d/NN-dindind-patch.toml, in this order"),
+    # `registry: true | false` is read as {enabled: true | false} (see _registry_shorthand)
+    "registry": Field("object", None, nullable=True, fields={
+        "enabled": Field("boolean", True, doc="false: no registry (the mapping is kept)"),
+        "hostPort": Field("integer", REGISTRY_PORT, minimum=1, maximum=65535,
+                          doc="the host port to push to (docker push localhost:PORT/IMAGE); pods pull "
+                              "localhost:PORT/IMAGE too"),
+        "listenAddress": Field("string", "127.0.0.1", check=config._ip,
+                               doc="the host address it listens on (anything but loopback prints a warning)"),
+    }, doc="a local registry beside the nodes (true, or a mapping); default: none"),
 }
 
 # The build config's cluster keys this file replaces: build key -> where it lives here.
@@ -326,12 +341,71 @@ def _cross_check(v, base_dir, check_paths, problems):
     if net.get("apiServerPort"):
         binds.setdefault(("TCP", net["apiServerPort"]), []).insert(
             0, (net.get("apiServerAddress"), "networking.apiServerPort"))
+    _registry_problems(v, problems)
     for (protocol, port), users in binds.items():
         for k, (address, where) in enumerate(users):
             clash = next((w for a, w in users[:k] if a == address or "0.0.0.0" in (a, address)
                           or "::" in (a, address)), None)
             if clash:
                 problems.append(f"{where}: {address}:{port}/{protocol} is taken by {clash} already")
+
+
+def _registry_problems(v, problems):
+    """The registry's host port is published by the cluster container too (nested: on the same port), so it
+    may be no port the cluster already uses, whatever the mode and the addresses: refused the same way."""
+    reg = v["registry"]
+    if not reg or not reg["enabled"] or not isinstance(reg["hostPort"], int) or not 1 <= reg["hostPort"] <= 65535:
+        return
+    port, where = reg["hostPort"], "registry.hostPort"
+    if port == API_PORT:
+        problems.append(f"{where}: {port} is the API server's port in the nodes and the cluster container; "
+                        "choose another (the default is 5001)")
+    net = v["networking"] or {}
+    if net.get("apiServerPort") and net["apiServerPort"] == port:
+        problems.append(f"{where}: {port} is networking.apiServerPort already")
+    k = 0
+    for i, node in enumerate(v["nodes"] or ()):
+        for j, p in enumerate((node or {}).get("extraPortMappings") or ()):
+            if p is None:
+                continue
+            if p["hostPort"] == port and p["protocol"] == "TCP":
+                problems.append(f"{where}: {port} is nodes[{i}].extraPortMappings[{j}].hostPort already")
+            elif INNER_PORTS + k == port:
+                problems.append(f"{where}: {port} is where the cluster container forwards "
+                                f"nodes[{i}].extraPortMappings[{j}] (ports {INNER_PORTS} and up, one per "
+                                "mapping); choose another")
+            k += 1
+    subnet = net.get("nodeSubnet")
+    if subnet and not config._cidr(subnet):
+        hosts = ipaddress.ip_network(subnet).num_addresses - 2
+        nodes = len(v["nodes"]) if v["nodes"] is not None else 3
+        # the gateway, the nodes, the registry and the address kept for a load balancer (the last host)
+        if hosts < nodes + 3:
+            problems.append(f"networking.nodeSubnet: {subnet} has no room for the gateway, {nodes} node(s), "
+                            "the registry and a load balancer address; use a larger one (e.g. a /24)")
+
+
+def _registry_shorthand(data, problems):
+    """``registry: true | false`` as the mapping it stands for; a value that is neither that nor a mapping
+    is one problem (and then no registry)."""
+    if not isinstance(data, dict) or data.get("registry") is None:
+        return data
+    value = data["registry"]
+    if isinstance(value, bool):
+        return {**data, "registry": {"enabled": value}}
+    if not isinstance(value, dict):
+        problems.append(f"registry: expected true, false or a mapping (enabled, hostPort, listenAddress), "
+                        f"got {type(value).__name__} {show(value)}")
+        return {**data, "registry": None}
+    return data
+
+
+def registry(doc):
+    """The registry settings of a validated config: {enabled, hostPort, listenAddress} (off when not given)."""
+    reg = doc.get("registry")
+    if reg is None:
+        return {"enabled": False, "hostPort": REGISTRY_PORT, "listenAddress": "127.0.0.1"}
+    return dict(reg)
 
 
 # ------------------------------------------------------------------ reading
@@ -379,10 +453,11 @@ def parse(text, path, base_dir=None, check_paths=True):
     version = _version_problems(data)
     if version:
         raise _error(path, version + problems)
-    values = config._check_fields("", SPEC, data, problems)
+    values = config._check_fields("", SPEC, _registry_shorthand(data, problems), problems)
     if values["networking"] is None:
         values["networking"] = config._check_fields("networking", SPEC["networking"].fields, {}, problems)
     values = _plain(values)
+    values["registry"] = registry(values)
     _cross_check(values, base_dir, check_paths, problems)
     if problems:
         raise _error(path, problems)
@@ -438,6 +513,10 @@ def deprecation(cfg, with_config=False):
 def json_schema():
     """The JSON Schema (draft 2020-12) of the cluster config, derived from SPEC."""
     s = config.object_schema(SPEC)
+    reg = s["properties"]["registry"]
+    reg["type"] = "object"
+    s["properties"]["registry"] = {"description": reg.pop("description"),
+                                   "anyOf": [{"type": ["boolean", "null"]}, reg]}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://dindind.invalid/cluster.schema.json",

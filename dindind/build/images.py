@@ -40,6 +40,7 @@ NODE_PACKAGES = (
     # the external load balancer of HA clusters runs the node image as haproxy (its service stays disabled:
     # the Dockerfile removes every enabled unit), so no other image is needed
     "haproxy",
+    "docker-registry",      # the cluster's local registry runs from the node image (not enabled in a node)
 )
 CLUSTER_PACKAGES = (
     "docker.io", "zstd", "python3", "python3-yaml", "python3-jinja2", "python3-docker", "iproute2", "iptables",

@@ -40,6 +40,11 @@ def rewrite_server(data, server):
 
 def get(kubeconfig, path, server=None, timeout=5):
     """GET ``path`` from the API server; return (status, parsed JSON or text)."""
+    return request(kubeconfig, "GET", path, server=server, timeout=timeout)
+
+
+def request(kubeconfig, method, path, body=None, server=None, timeout=5):
+    """``method path`` to the API server (``body``: JSON text); return (status, parsed JSON or text)."""
     srv, ca, cert, key = parse_kubeconfig(kubeconfig)
     url = urllib.parse.urlsplit(server or srv)
     with tempfile.TemporaryDirectory(prefix="dindind-kc-") as tmp:
@@ -55,7 +60,8 @@ def get(kubeconfig, path, server=None, timeout=5):
         ctx.check_hostname = True
         conn = http.client.HTTPSConnection(url.hostname, url.port or 443, context=ctx, timeout=timeout)
         try:
-            conn.request("GET", path)
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            conn.request(method, path, body=body.encode() if body is not None else None, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
         finally:
@@ -125,3 +131,15 @@ def node_readiness(kubeconfig, server=None, timeout=5, since=None):
             last = max((t for t in (renewed.get(name), _reported(item)) if t is not None), default=None)
             ready[name] = last is not None and int(last) >= int(since)
     return ready
+
+
+def put_object(kubeconfig, collection, name, body, server=None, timeout=10):
+    """Create the object ``name`` (JSON text ``body``) in ``collection`` (e.g. /api/v1/namespaces/N/configmaps),
+    or replace it when it exists; else one error naming the API's answer."""
+    status, answer = request(kubeconfig, "POST", collection, body, server, timeout)
+    if status == 409:
+        status, answer = request(kubeconfig, "PUT", f"{collection}/{name}", body, server, timeout)
+    if status not in (200, 201):
+        message = answer.get("message") if isinstance(answer, dict) else str(answer)[:200]
+        raise DindindError(f"the API server refused {collection}/{name} ({status}: {message})")
+    return answer

@@ -13,6 +13,7 @@ from dindind.base.errors import DindindError
 from dindind.cluster import api
 from dindind.cluster.actions import (cni, config, containerd, joincontrolplanes, kubeadminit, kubeadmjoin,
                                      loadbalancer, provision, waitready)
+from dindind.cluster.actions import registry, registryhosting
 from dindind.cluster.context import Context
 from dindind.cluster.status import Status
 from dindind.docker import containers
@@ -24,9 +25,13 @@ NODE_STOP_TIMEOUT = 20      # seconds each node gets to stop (systemd's SIGRTMIN
 def actions(settings):
     ha = settings.control_planes > 1
     steps = [provision] + ([loadbalancer] if ha else []) + [config]
+    if settings.registry:
+        steps.append(registry)          # beside the nodes, before any pull
     if settings.containerd_patches:
         steps.append(containerd)        # before kubeadm: the kubelet and the pods see the patched containerd
     steps.append(kubeadminit)
+    if settings.registry:
+        steps.append(registryhosting)   # the API answers once kubeadm init is done
     if settings.cni != "none":
         steps.append(cni)
     if ha:
@@ -79,6 +84,8 @@ def restart(plan, node_image, kubeconfig, *, status=None, engine=None):
     if engine is not None:
         ctx.engine = engine
     with ctx.status.step(START_TITLE):
+        if plan.settings.registry:
+            ctx.engine.start_container(plan.registry_name)
         for node in plan.nodes:
             ctx.engine.start_container(node.name)
         if plan.load_balancer:

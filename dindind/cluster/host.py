@@ -38,6 +38,7 @@ from dindind.docker import containers, engine
 from dindind.base.errors import CommandError, DindindError, InputError
 from dindind.cluster import api, create, inotify, inside, passthrough, plan as plan_mod
 from dindind.cluster import conformance as conformance_mod
+from dindind.cluster import registry as registry_mod
 from dindind.cluster import kubeconfig as kubeconfig_mod
 from dindind.cluster.actions import waitready
 from dindind.cluster.status import Status
@@ -152,9 +153,14 @@ def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print,
     if settings.api_address not in ("127.0.0.1", "::1"):
         out(f"WARNING: the API server of {settings.name} will listen on {settings.api_address}, "
             "reachable from other machines (cluster.api_address)")
-    publish = _publish(settings)
-    settings = passthrough.reserve_ports(settings, taken=[publish])
-    for line in passthrough.warnings(settings):
+    held = passthrough.hold_registry_port(settings)     # held: no other port is picked on it
+    try:
+        publish = _publish(settings)
+        settings = passthrough.reserve_ports(settings, taken=[publish])
+    finally:
+        if held:
+            held.close()
+    for line in passthrough.warnings(settings) + registry_mod.warnings(settings):
         out(line)
     shortage = inotify.check(settings)
     if shortage:
@@ -165,7 +171,7 @@ def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print,
     else:
         path = _up_direct(layout, settings, publish, out)
     out(f"cluster {settings.name} is up in {time.monotonic() - start:.1f}s; kubeconfig: {path}")
-    for line in passthrough.describe(settings):
+    for line in passthrough.describe(settings) + registry_mod.describe(settings):
         out(line)
     sample = settings.kubernetes_version.endswith("+sample")
     out(f"  kubectl --kubeconfig {shlex.quote(str(path))} " + ("get --raw /api/v1/nodes   # the sample serves "
@@ -360,6 +366,12 @@ def _direct_nodes(name):
     return sorted(nodes, key=lambda n: (n[1].get(plan_mod.ROLE_LABEL) != "control-plane", n[0]))
 
 
+def _direct_registry(name):
+    """The local registry container of a non-nested cluster: [its name], or []."""
+    return [c["Names"][0].lstrip("/") for c in containers.containers(
+        {plan_mod.CLUSTER_LABEL: name, plan_mod.ROLE_LABEL: registry_mod.ROLE})]
+
+
 def published_server(container):
     """``https://ADDRESS:PORT`` where ``container`` publishes the API port on the host, or None."""
     bindings = containers.inspect_container(container)["NetworkSettings"]["Ports"].get(f"{plan_mod.API_PORT}/tcp")
@@ -391,7 +403,7 @@ def stop(cfg, name=None, out=print):
     if top:
         containers.stop_container(top, STOP_TIMEOUT)
     else:
-        failed = create.stop([n for n, _ in _direct_nodes(name)])
+        failed = create.stop([n for n, _ in _direct_nodes(name)] + _direct_registry(name))
         if failed:
             raise DindindError(f"cluster {name} did not stop cleanly", detail="\n".join(failed),
                                hint=f"retry `doit cluster:stop --name {name}`")
@@ -570,6 +582,11 @@ def logs(cfg, layout, name=None, out=print):
             except (tarfile.TarError, EOFError, ValueError, OSError, InputError) as exc:
                 msg = exc.message if isinstance(exc, InputError) else exc
                 fsutil.write_text(ndir / "var-log.error", f"cannot unpack /var/log of {node}: {msg}\n")
+        # the local registry, when the cluster has one: its own log (docker-registry logs to stderr)
+        reg = f"{name}-{registry_mod.ROLE}"
+        code, text = sh.top_run(["docker", "logs", reg], check=False)
+        if code == 0:
+            fsutil.write_text(tmp / reg / "registry.log", text)
     out(f"logs of {name} in {dest}")
     return dest
 

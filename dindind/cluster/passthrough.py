@@ -62,6 +62,10 @@ def nested(settings):
         return PortMapping(p.container_port, INNER_PORTS + k, "0.0.0.0", p.protocol)
 
     inner = _map_nodes(settings, mount, port)
+    if settings.registry:
+        # the local registry: the cluster container's port hostPort (the name localhost:PORT stays the same)
+        top_ports[f"{settings.registry_port}/tcp"] = (settings.registry_address, settings.registry_port)
+        inner = replace(inner, registry_address="0.0.0.0")
     return inner, top_mounts, top_ports
 
 
@@ -106,6 +110,19 @@ def reserve_ports(settings, taken=()):
         for s in held:
             s.close()
     return _map_nodes(settings, lambda k, m: m, lambda k, p: replace(p, host_port=picked[k]))
+
+
+def hold_registry_port(settings):
+    """A socket bound to the registry's host port (close it when the other ports are picked), or None
+    without a registry; else one DindindError: the port is in use on this host."""
+    if not settings.registry:
+        return None
+    try:
+        return _bind(settings.registry_address, settings.registry_port, "TCP")
+    except OSError as exc:
+        raise DindindError(f"registry: {settings.registry_address}:{settings.registry_port}: the host port is "
+                           f"not free ({exc.strerror})",
+                           hint="choose another registry.hostPort in the cluster config") from None
 
 
 def warnings(settings):

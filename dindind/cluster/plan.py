@@ -82,6 +82,9 @@ class Settings:
     feature_gates: tuple = ()       # ((name, bool), ...), sorted by name
     runtime_config: tuple = ()      # ((group/version, "true" | "false"), ...), sorted
     containerd_patches: tuple = ()  # TOML texts, in order
+    registry: bool = False          # the local registry (dindind.cluster.registry)
+    registry_port: int = 5001       # the host's localhost:PORT, also the name pods pull by
+    registry_address: str = "127.0.0.1"     # the address the port is published on
 
     def to_json(self):
         return json.dumps(asdict(self), sort_keys=True)
@@ -190,6 +193,15 @@ class Plan:
     def volume(self, node, what):
         return f"{node.name}-{what}"
 
+    @property
+    def registry_name(self):
+        """The registry's container and its volume: ``<cluster>-registry``."""
+        return f"{self.name}-registry"
+
+    @property
+    def registry_ip(self):
+        return registry_ip(self.settings.node_subnet)
+
 
 def bootstrap_token():
     """A fresh kubeadm bootstrap token ``[a-z0-9]{6}.[a-z0-9]{16}``; never stored in an image."""
@@ -230,6 +242,13 @@ def pod_slices(pod_subnet, count):
     net = ipaddress.ip_network(pod_subnet)
     slices = net.subnets(new_prefix=24)
     return [str(next(slices)) for _ in range(count)]
+
+
+def registry_ip(node_subnet):
+    """The registry's fixed address: the node subnet's second-to-last host (.253 of a /24; the last host,
+    .254, is kept for a control-plane load balancer; nodes count up from .2)."""
+    net = ipaddress.ip_network(node_subnet)
+    return str(net[-3] if net.version == 4 else net[-2])
 
 
 def make_plan(settings, token=None, cert_key=None):
@@ -273,7 +292,14 @@ def from_cluster_config(doc, defaults):
                    kubeadm_patches=tuple(doc["kubeadmConfigPatches"]),
                    feature_gates=tuple(sorted(doc["featureGates"].items())),
                    runtime_config=tuple(sorted(doc["runtimeConfig"].items())),
-                   containerd_patches=tuple(doc["containerdConfigPatches"]))
+                   containerd_patches=tuple(doc["containerdConfigPatches"]),
+                   **_registry_settings(doc.get("registry")))
+
+
+def _registry_settings(reg):
+    if not reg or not reg["enabled"]:
+        return {"registry": False}
+    return {"registry": True, "registry_port": reg["hostPort"], "registry_address": reg["listenAddress"]}
 
 
 def to_cluster_config(settings):
@@ -295,4 +321,6 @@ def to_cluster_config(settings):
             "kubeletExtraArgs": list(settings.kubelet_extra_args),
             "kubeadmConfigPatches": list(settings.kubeadm_patches),
             "featureGates": dict(settings.feature_gates), "runtimeConfig": dict(settings.runtime_config),
-            "containerdConfigPatches": list(settings.containerd_patches)}
+            "containerdConfigPatches": list(settings.containerd_patches),
+            "registry": {"enabled": settings.registry, "hostPort": settings.registry_port,
+                         "listenAddress": settings.registry_address}}

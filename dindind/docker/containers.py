@@ -97,7 +97,8 @@ def run_container(image, name, *, labels, command=None, entrypoint=None, hostnam
     ``volumes`` maps a volume name to a mount point; ``ports`` maps a container
     port (6443, or "53/udp") to ``(host address, host port)``; ``mounts`` is a
     list of ``(host path, container path, read only)`` bind mounts (the source
-    must exist; any characters); ``privilege`` is privilege_opts().
+    must exist; any characters); ``privilege`` is privilege_opts() (or other host-config
+    security options: cap_drop, security_opt, read_only); ``user``: the user it runs as.
     """
     api = engine.client()
     binds = {v: {"bind": p, "mode": "rw"} for v, p in (volumes or {}).items()}

@@ -484,3 +484,25 @@ def test_control_planes_join_with_the_uploaded_certificates_one_at_a_time(tmp_pa
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_kube_public_configmaps_for_the_admin_only(cluster, tmp_path):
+    """What the local registry's ConfigMap (local-registry-hosting) needs: create, replace, get; 409 once made."""
+    url = cluster["url"] + "/api/v1/namespaces/kube-public/configmaps"
+    admin = _client(tmp_path, _kubeconfig(cluster["cp"], "admin.conf"))
+    node = _client(tmp_path, _kubeconfig(cluster["worker"], "kubelet.conf"))
+    name = f"hosting-{cluster['api']}"
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v1"}}
+    assert _call(url, node, "POST", cm)[0] == 403
+    assert _call(f"{url}/{name}", admin)[0] == 404
+    assert _call(f"{url}/{name}", admin, "PUT", cm)[0] == 404
+    assert _call(url, admin, "POST", cm)[0] == 201
+    assert _call(url, admin, "POST", cm)[0] == 409
+    assert _call(f"{url}/{name}", admin, "PUT", {**cm, "data": {"k": "v2"}})[0] == 200
+    code, got = _call(f"{url}/{name}", admin)
+    assert code == 200 and got["data"] == {"k": "v2"} and got["metadata"]["namespace"] == "kube-public"
+    assert _call(f"{url}/{name}", node)[0] == 403
+    for bad in ({**cm, "data": {"k": 1}}, {**cm, "kind": "Secret"}, {**cm, "metadata": {"name": "Bad/Name"}}):
+        assert _call(url, admin, "POST", bad)[0] == 400
+    assert _call(f"{url}/other", admin, "PUT", cm)[0] == 400       # the name in the path is the object's
+    assert _call(f"{url}/{name}", admin, "DELETE")[0] == 405

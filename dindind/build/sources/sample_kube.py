@@ -29,8 +29,9 @@ just enough for a sample cluster to come up and pass dindind's readiness check:
   from the first heartbeat, as a kubelet labels its Node when it registers). No pods, containers or CNI:
   "Ready" means only "its kubelet sent a heartbeat less than 40 s ago".
 * the API stand-in answers /readyz /livez /healthz /version, cluster-info,
-  node CSRs (bootstrap token), node status PUT (node certificate) and node GET
-  (system:masters), and nothing else.
+  node CSRs (bootstrap token), node status PUT (node certificate), node GET
+  and kube-public ConfigMaps (create, replace, get: system:masters), and
+  nothing else.
 
 One file of more than 400 lines on purpose: it is installed as one program
 in the node, with nothing of dindind beside it. Stdlib and the openssl CLI only. For tests, $DINDIND_SAMPLE_ROOT prefixes every
@@ -55,6 +56,7 @@ STORE_CLIENT = STATE + "/store-client.pem"      # a joined control plane's admin
 CERTS_PATH = "/api/v1/namespaces/kube-system/secrets/kubeadm-certs"
 STORE_PATH = "/sample-store"
 STORE = {}      # a joined control plane's API stand-in: {"url": the first control plane's, "ctx": its TLS}
+CONFIGMAPS = STATE + "/configmaps"
 CLIENT_PEM = KUBELET_DIR + "/pki/kubelet-client-current.pem"
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 CLUSTER_INFO_PATH = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
@@ -625,6 +627,9 @@ class API(BaseHTTPRequestHandler):
             if code != 200:
                 return self.status(503, "ServiceUnavailable", f"the store answered {code}: {dig(rec, 'message')}")
             return self.reply(200, node_json(rec))
+        cm = re.fullmatch(r"/api/v1/namespaces/kube-public/configmaps(?:/([^/]+))?", path)
+        if cm and cm[1] != "cluster-info":
+            return self.configmap(method, cm[1], orgs)
         if m and method == "GET" and not m[2]:
             if "system:masters" not in orgs:
                 return self.status(403, "Forbidden", f'User "{user}" cannot get nodes')
@@ -638,6 +643,35 @@ class API(BaseHTTPRequestHandler):
                 return self.reply(200, node_json(known[m[1]]))
         return self.status(404, "NotFound", "the server could not find the requested resource "
                                             "(the dindind sample API stand-in answers only a few calls)")
+
+    def configmap(self, method, name, orgs):
+        """ConfigMaps of kube-public other than cluster-info (dindind's local-registry-hosting): create,
+        replace and get, for system:masters."""
+        if "system:masters" not in orgs:
+            return self.status(403, "Forbidden", "only system:masters may use ConfigMaps here")
+        if method == "GET" and name and NODE_NAME.fullmatch(name):
+            try:
+                with open(f"{CONFIGMAPS}/{name}.json") as f:
+                    return self.reply(200, json.load(f))
+            except FileNotFoundError:
+                return self.status(404, "NotFound", f'configmaps "{name}" not found')
+        if method in ("POST", "PUT"):
+            body = json.loads(self.data or b"{}")
+            given = dig(body, "metadata", "name") or ""
+            data = body.get("data") or {}
+            if not NODE_NAME.fullmatch(given) or (name and name != given) or body.get("kind") != "ConfigMap" or \
+                    not all(isinstance(v, str) for v in [*data, *data.values()]):
+                return self.status(400, "BadRequest", "a ConfigMap with a valid name and string data")
+            with self.lock:
+                exists = os.path.exists(f"{CONFIGMAPS}/{given}.json")
+                if method == "POST" and exists:
+                    return self.status(409, "AlreadyExists", f'configmaps "{given}" already exists')
+                if method == "PUT" and not exists:
+                    return self.status(404, "NotFound", f'configmaps "{given}" not found')
+                body["metadata"]["namespace"] = "kube-public"
+                write(f"{CONFIGMAPS}/{given}.json", json.dumps(body))
+            return self.reply(201 if method == "POST" else 200, body)
+        return self.status(405, "MethodNotAllowed", f"{method} is not served for ConfigMaps here")
 
     def token_ok(self):
         """Whether the request carries the cluster's bootstrap token."""
