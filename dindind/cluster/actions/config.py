@@ -21,13 +21,22 @@ def execute(ctx):
         ctx.engine.put_file(node.name, PATH, text, mode=0o600)
 
 
+def skip_phases(settings, verb):
+    """The kubeadm phases ``verb`` skips: preflight (as kind), and kube-proxy's addon when
+    kubeProxyMode is none (one --skip-phases flag: kubeadm takes the last one given)."""
+    phases = ["preflight"]
+    if verb == "init" and settings.kube_proxy_mode == "none":
+        phases.append("addon/kube-proxy")
+    return ",".join(phases)
+
+
 def run_kubeadm(ctx, node, verb):
     """``kubeadm <verb>`` with the node's rendered config (preflight skipped, as kind does).
 
     A failure is one error naming the node, with the output's tail and the
     command to run by hand.
     """
-    argv = ["kubeadm", verb, f"--config={PATH}", "--skip-phases=preflight", "--v=6"]
+    argv = ["kubeadm", verb, f"--config={PATH}", f"--skip-phases={skip_phases(ctx.plan.settings, verb)}", "--v=6"]
     code, out = ctx.node_exec(node, argv, check=False)
     if code != 0:
         raise DindindError(f"failed to {verb} node {node.name} with kubeadm (exit {code})",
