@@ -23,6 +23,7 @@ from dindind.base import proc
 from dindind.base.errors import ConfigError, DindindError
 from dindind.cluster import api
 from dindind.cluster import create as create_mod
+from dindind.cluster import hostcheck
 from dindind.cluster import options
 from dindind.cluster.inside import KUBECONFIG, PHASE, SETTINGS
 from dindind.cluster import plan as plan_mod
@@ -153,6 +154,11 @@ def main(argv=None):
         print(f"ERROR: {exc.message} ({exc.hint})", flush=True)
         return 3
     settings = args.settings
+    try:
+        hostcheck.require(settings, nested=True)    # before the engine starts: nothing is created
+    except DindindError as exc:
+        print(exc.render(), flush=True)
+        return 3
     state = {"stop": False, "raise": False}
 
     def on_term(signum, frame):
