@@ -26,8 +26,10 @@ import re
 
 from dindind.base.errors import DindindError
 
-# the cluster container's kernel settings for an IPv6 or dual-stack cluster (its inner engine
-# creates the node network with IPv6; /proc/sys is read-only in it without --privileged)
+# the cluster container's kernel settings for an IPv6 or dual-stack cluster. The engine starts a
+# container with IPv6 off, and without --privileged /proc/sys is read-only in it, so its inner engine
+# (dockerd 26) cannot turn it on for the node network ("Unable to enable IPv6 addresses on bridge:
+# open /proc/sys/net/ipv6/conf/br-.../disable_ipv6: read-only file system"), nor forwarding (a warning)
 NESTED_SYSCTLS = {"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "0",
                   "net.ipv6.conf.all.forwarding": "1"}
 NFTABLES_KERNEL = (5, 13)
