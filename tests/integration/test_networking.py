@@ -74,7 +74,8 @@ def bring_up(real, toolbox, tmp_path_factory, name, config):
     seconds = time.monotonic() - start
     print(f"\n{name}: cluster:up took {seconds:.1f}s")
     assert up.returncode == 0, up.stdout[-5000:] + up.stderr[-5000:]
-    real.doit("cluster:load", "--name", name, "--image", toolbox, timeout=600)
+    if toolbox:
+        real.doit("cluster:load", "--name", name, "--image", toolbox, timeout=600)
     return Cluster(real, name, seconds, up)
 
 
@@ -218,3 +219,27 @@ def test_an_ipv6_cluster_has_ipv6_nodes_pods_and_services(ipv6):
     assert wget(ipv6, "a", svc["spec"]["clusterIP"], 80) in ("a", "b")
     default = ipv6.json("get", "service", "kubernetes")
     assert ":" in default["spec"]["clusterIP"], default["spec"]
+    # by name, through CoreDNS on its IPv6 ClusterIP
+    r = ipv6.kubectl("exec", "a", "--", "busybox", "wget", "-q", "-T", "5", "-O", "-", "http://web.default.svc.cluster.local/")
+    assert r.stdout.strip() in ("a", "b"), r.stdout
+
+
+# ------------------------------------------------------------------ no kube-proxy
+
+NONE = "t-noproxy-{}".format(os.getpid())
+
+
+def test_kube_proxy_mode_none_brings_up_a_cluster_without_kube_proxy(real, tmp_path_factory):
+    config = ("apiVersion: dindind.dev/v1alpha1\nkind: Cluster\nnodes:\n- role: control-plane\n"
+              "networking:\n  kubeProxyMode: none\n")
+    try:
+        c = bring_up(real, None, tmp_path_factory, NONE, config)
+        node = c.json("get", "node", f"{NONE}-control-plane")
+        assert {x["type"]: x["status"] for x in node["status"]["conditions"]}["Ready"] == "True"
+        for kind in ("daemonset", "configmap"):
+            r = c.kubectl("get", kind, "-n", "kube-system", "kube-proxy", check=False)
+            assert r.returncode != 0 and "NotFound" in r.stderr, (kind, r.stdout, r.stderr)
+        pods = c.json("get", "pods", "-n", "kube-system")["items"]
+        assert not [p for p in pods if p["metadata"]["name"].startswith("kube-proxy")], pods
+    finally:
+        tear_down(real, NONE)
