@@ -3,6 +3,8 @@
 Runs inside the top-level container (nested mode). The cluster's settings
 are the ones the image was built for (options.DEFAULTS), changed by the
 arguments after the image (options.parse; a bad one: one line, exit 2).
+What this kernel cannot do for them (IPv6, ipvs, nftables:
+dindind.cluster.hostcheck) is refused next, exit 3, before anything starts.
 Side effects: starts ``dockerd`` (its data on the /var/lib/docker volume);
 loads the embedded node image unless the engine already has it; creates the
 cluster with dindind.cluster.create — or, when this container was stopped
