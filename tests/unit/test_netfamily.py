@@ -350,3 +350,18 @@ def test_the_image_entry_point_refuses_before_its_engine_starts(monkeypatch, tmp
     assert incluster.main([]) == 3
     out = capsys.readouterr().out
     assert "IPv6 is disabled" in out and "--sysctl net.ipv6.conf.all.disable_ipv6=0" in out
+
+
+def test_the_node_entry_point_moves_the_engines_dns_to_the_nodes_ipv4_address(tmp_path):
+    # on an IPv6-enabled network `hostname -i` lists the IPv6 address first; iptables takes only IPv4
+    import re
+    import subprocess
+    from pathlib import Path
+
+    entry = (Path(__file__).resolve().parents[2] / "templates/node/files/usr/local/bin/dindind-node-entrypoint")
+    line = next(l for l in entry.read_text().splitlines() if re.match(r"^\s*ip=\$\(hostname -i", l))
+    (tmp_path / "hostname").write_text("#!/bin/sh\necho 'fd00:172:30::2 172.30.0.2 '\n")
+    (tmp_path / "hostname").chmod(0o755)
+    out = subprocess.run(["sh", "-c", line.strip() + '\necho "$ip"'], env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+                         stdout=subprocess.PIPE, text=True, check=True).stdout
+    assert out == "172.30.0.2\n"
