@@ -67,6 +67,9 @@ def test_the_node_network_and_the_nodes_have_ipv6(up):
         assert endpoint["GlobalIPv6Address"] == ip6, endpoint
     code, out = sh.run(f"{NAME}-control-plane", ["ping", "-6", "-c", "1", "-W", "5", "fd00:172:77::3"], check=False)
     assert code == 0, out
+    # the engine's DNS moved to the node's IPv4 address (pods cannot reach 127.0.0.11)
+    _, resolv = sh.run(f"{NAME}-worker", ["cat", "/etc/resolv.conf"])
+    assert "nameserver 172.30.0.3" in resolv and "127.0.0.11" not in resolv, resolv
 
 
 def test_kubeadm_gets_both_addresses_and_no_kube_proxy(up):
