@@ -4,7 +4,8 @@ A dual-stack cluster (one control plane, one worker; kube-proxy in nftables
 mode where the kernel allows it, which kube-proxy needs 5.13 for) must give
 every node an address of each family and every pod an IPv4 and an IPv6
 address; pods on different nodes reach each other over both, and a
-RequireDualStack Service answers on its IPv4 and its IPv6 ClusterIP. An
+RequireDualStack Service answers on its IPv4 and its IPv6 ClusterIP and by
+its DNS name. An
 IPv6-only cluster (a control plane alone) must give nodes, pods and Services
 IPv6 addresses only, and the Service must answer. ``cluster:down`` must leave
 nothing. Bring-up times are printed (pytest -s or -rA shows them).
@@ -184,6 +185,9 @@ def test_a_dual_stack_service_answers_over_ipv4_and_ipv6(dual):
     for ip in cluster_ips:
         for client in ("a", "b"):
             assert wget(dual, client, ip, 80) in ("a", "b"), (client, ip)
+    dual.kubectl("wait", "--for=condition=Ready", "pod", "-n", "kube-system", "-l", "k8s-app=kube-dns",
+                 "--timeout=120s", timeout=150)
+    assert wget(dual, "a", "web.default.svc.cluster.local", 80) in ("a", "b")      # by name, through CoreDNS
 
 
 # ------------------------------------------------------------------ IPv6 only
@@ -219,6 +223,10 @@ def test_an_ipv6_cluster_has_ipv6_nodes_pods_and_services(ipv6):
     assert wget(ipv6, "a", svc["spec"]["clusterIP"], 80) in ("a", "b")
     default = ipv6.json("get", "service", "kubernetes")
     assert ":" in default["spec"]["clusterIP"], default["spec"]
+    ipv6.kubectl("wait", "--for=condition=Ready", "pod", "-n", "kube-system", "-l", "k8s-app=kube-dns",
+                 "--timeout=120s", timeout=150)
+    # by name, through CoreDNS on its IPv6 ClusterIP
+    assert wget(ipv6, "a", "web.default.svc.cluster.local", 80) in ("a", "b")
 
 
 # ------------------------------------------------------------------ no kube-proxy
