@@ -5,10 +5,11 @@ mode where the kernel allows it, which kube-proxy needs 5.13 for) must give
 every node an address of each family and every pod an IPv4 and an IPv6
 address; pods on different nodes reach each other over both, and a
 RequireDualStack Service answers on its IPv4 and its IPv6 ClusterIP and by
-its DNS name. An
-IPv6-only cluster (a control plane alone) must give nodes, pods and Services
-IPv6 addresses only, and the Service must answer. ``cluster:down`` must leave
-nothing. Bring-up times are printed (pytest -s or -rA shows them).
+its DNS name. An IPv6-only cluster (a control plane alone) must give nodes,
+pods and Services IPv6 addresses only, and the Service must answer by its
+address and its name. A control plane with kubeProxyMode none must come up
+Ready without any kube-proxy. ``cluster:down`` must leave nothing. Bring-up
+times are printed (pytest -s or -rA shows them).
 """
 
 import json
