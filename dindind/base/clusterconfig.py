@@ -31,7 +31,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from dindind.base import config
+from dindind.base import config, netfamily
 from dindind.base.config import ARG_RE, NAME_FMT, NAME_RE, Field
 from dindind.base.errors import ConfigError
 
@@ -194,10 +194,22 @@ SPEC = {
         "apiServerAddress": Field("string", "127.0.0.1", check=config._ip,
                                   doc="host address the API server is published on"),
         "apiServerPort": Field("integer", 0, minimum=0, maximum=65535, doc="0: a free port, picked at cluster:up"),
-        "podSubnet": Field("string", "10.244.0.0/16", check=config._cidr, doc="each node gets a /24 of it"),
-        "serviceSubnet": Field("string", "10.96.0.0/16", check=config._cidr),
+        "ipFamily": Field("string", "ipv4", enum=list(netfamily.FAMILIES),
+                          doc="ipv4, ipv6 or dual (both: every pod and node gets an address of each family)"),
+        "podSubnet": Field("string", None, nullable=True, check=netfamily.cidr_list_problem,
+                           doc="each node gets a /24 (IPv4) and a /64 (IPv6) of it; dual stack: IPV4,IPV6 "
+                               "(or IPV6,IPV4: the family first in serviceSubnet comes first); default: "
+                               "10.244.0.0/16, fd00:10:244::/56 or both"),
+        "serviceSubnet": Field("string", None, nullable=True, check=netfamily.cidr_list_problem,
+                               doc="dual stack: IPV4,IPV6 or IPV6,IPV4, the primary family first; default: "
+                                   "10.96.0.0/16, fd00:10:96::/112 or both"),
         "nodeSubnet": Field("string", "172.30.0.0/24", check=config._cidr,
-                            doc="the bridge network the node containers live on"),
+                            doc="the bridge network the node containers live on (IPv4: it has one whatever "
+                                "ipFamily is)"),
+        "nodeSubnetIPv6": Field("string", netfamily.NODE_SUBNET_V6, check=config._cidr,
+                                doc="the bridge network's IPv6 subnet (ipFamily ipv6 or dual)"),
+        "kubeProxyMode": Field("string", "iptables", enum=list(netfamily.KUBE_PROXY_MODES),
+                               doc="kube-proxy's mode; none: no kube-proxy (bring your own service proxy)"),
         "disableDefaultCNI": Field("boolean", False, doc="true: no pod network is installed; bring your own"),
     }),
     "kubeletExtraArgs": Field("array", [], items=Field("string", pattern=ARG_RE, fmt="--flag=value"),
@@ -296,13 +308,21 @@ def _cross_check(v, base_dir, check_paths, problems):
                             f"(quorum) of its members is up: {why}")
         if roles.count("worker") > MAX_WORKERS:
             problems.append(f"nodes: {roles.count('worker')} workers: at most {MAX_WORKERS}")
+        family = (v["networking"] or {}).get("ipFamily")
+        if planes > 1 and family not in (None, "ipv4"):
+            # the load balancer and controlPlaneEndpoint are IPv4 only so far: never brought up otherwise
+            problems.append(f"nodes: {planes} control planes with networking.ipFamily: {family}: high availability "
+                            "is built for ipFamily ipv4 only so far; use one control plane, or ipFamily: ipv4")
     _arg_problems("kubeletExtraArgs", v["kubeletExtraArgs"], problems)
     for i, patch in enumerate(v["containerdConfigPatches"] or ()):
         if patch is not None and not _toml_text(patch) and (msg := toml_problem(patch)):
             problems.append(f"containerdConfigPatches[{i}]: {msg}")
     net = v["networking"] or {}
-    config.subnet_problems({f"networking.{k}": net.get(k) for k in ("podSubnet", "serviceSubnet", "nodeSubnet")},
-                           "networking.podSubnet", problems)
+    if net.get("ipFamily") in netfamily.FAMILIES:       # the subnets' defaults follow the family
+        for key, table in (("podSubnet", netfamily.POD_SUBNETS), ("serviceSubnet", netfamily.SERVICE_SUBNETS)):
+            if net.get(key) is None:
+                net[key] = netfamily.default_subnet(table, net["ipFamily"])
+    netfamily.problems(net, problems)
     _node_subnet_room(nodes, net.get("nodeSubnet"), problems)
     binds = {}        # (protocol, host port) -> [(listen address, key path)]
     for i, node in enumerate(nodes or ()):

@@ -36,7 +36,7 @@ from dataclasses import replace
 from dindind.base import clusterconfig, config, fsutil, proc
 from dindind.docker import containers, engine
 from dindind.base.errors import CommandError, DindindError, InputError
-from dindind.cluster import api, create, inotify, inside, passthrough, plan as plan_mod
+from dindind.cluster import api, create, hostcheck, inotify, inside, passthrough, plan as plan_mod
 from dindind.cluster import conformance as conformance_mod
 from dindind.cluster import registry as registry_mod
 from dindind.cluster import kubeconfig as kubeconfig_mod
@@ -147,6 +147,7 @@ def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print,
     if notice:
         out(notice)
     settings = settings_for(cfg, layout, name, workers, retain, wait, config_file)
+    hostcheck.require(settings)         # IPv6, ipvs, nftables: refused before anything is created
     if _in_use(settings.name):
         raise DindindError(f"a cluster named {settings.name!r} already exists",
                            hint=f"remove it with `doit cluster:down --name {settings.name}` or pick another --name")
@@ -199,7 +200,8 @@ def _up_nested(layout, settings, publish, out, versioned=False):
         containers.run_container(image, top, labels=labels, hostname=top, volumes={volume: "/var/lib/docker", **binds},
                              tmpfs=dict(TOP_TMPFS), command=image_args(inner, versioned),
                              ports={plan_mod.API_PORT: publish, **top_ports}, mounts=top_mounts,
-                             privilege=privilege, stop_timeout=STOP_TIMEOUT, restart={"Name": "unless-stopped"})
+                             privilege=privilege, stop_timeout=STOP_TIMEOUT, restart={"Name": "unless-stopped"},
+                             sysctls=dict(hostcheck.NESTED_SYSCTLS) if settings.ipv6 else None)
         _relay(top, settings, out)
         kubeconfig = containers.get_file(top, KUBECONFIG_IN)
         path, server = _export_kubeconfig(layout, settings.name, kubeconfig, publish[0], _host_port(top, publish[0]))

@@ -3,6 +3,8 @@
 Runs inside the top-level container (nested mode). The cluster's settings
 are the ones the image was built for (options.DEFAULTS), changed by the
 arguments after the image (options.parse; a bad one: one line, exit 2).
+What this kernel cannot do for them (IPv6, ipvs, nftables:
+dindind.cluster.hostcheck) is refused next, exit 3, before anything starts.
 Side effects: starts ``dockerd`` (its data on the /var/lib/docker volume);
 loads the embedded node image unless the engine already has it; creates the
 cluster with dindind.cluster.create — or, when this container was stopped
@@ -23,6 +25,7 @@ from dindind.base import proc
 from dindind.base.errors import ConfigError, DindindError
 from dindind.cluster import api
 from dindind.cluster import create as create_mod
+from dindind.cluster import hostcheck
 from dindind.cluster import options
 from dindind.cluster.inside import KUBECONFIG, PHASE, SETTINGS
 from dindind.cluster import plan as plan_mod
@@ -156,6 +159,11 @@ def main(argv=None):
         print(f"ERROR: {exc.message} ({exc.hint})", flush=True)
         return 3
     settings = args.settings
+    try:
+        hostcheck.require(settings, nested=True)    # before the engine starts: nothing is created
+    except DindindError as exc:
+        print(exc.render(), flush=True)
+        return 3
     state = {"stop": False, "raise": False}
 
     def on_term(signum, frame):

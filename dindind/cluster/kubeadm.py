@@ -10,7 +10,11 @@ cluster's kubeletExtraArgs, then the node's (a flag given twice: the later
 value), and the node's labels as one ``node-labels`` argument, all through
 kubeadm's ``nodeRegistration.kubeletExtraArgs`` - which kubeadm writes to
 /var/lib/kubelet/kubeadm-flags.env, and kubelet puts on its Node object when
-it registers.
+it registers. Its ``node-ip`` is one address per IP family of the cluster
+(both for dual stack), the primary family's first; each control plane
+advertises its own primary-family address. The KubeProxyConfiguration carries
+the cluster config's kubeProxyMode (none: no such document; kubeadm init
+then skips the kube-proxy addon: actions/config.py).
 
 The cluster config's featureGates go to every component that has them:
 kube-apiserver, kube-controller-manager and kube-scheduler as a
@@ -53,10 +57,16 @@ def api_version(kubernetes_version):
     return "v1beta4" if (int(m.group(1)), int(m.group(2))) >= (1, 31) else "v1beta3"
 
 
+def node_ips(plan, node, node_ip):
+    """The node's addresses for the cluster's IP families, the primary first (``node_ip``: its IPv4
+    address as the engine reports it; the IPv6 one is the plan's static address)."""
+    return [node_ip if v == 4 else node.ip6 for v in plan.settings.ip_versions]
+
+
 def kubelet_args(plan, node, node_ip):
     """(flag, value) pairs of one node's kubelet: dindind's, the cluster's, the node's, its labels."""
     spec = node.spec or plan.settings.node_specs()[node.index]
-    args = {"node-ip": node_ip, "provider-id": f"dindind://docker/{plan.name}/{node.name}"}
+    args = {"node-ip": ",".join(node_ips(plan, node, node_ip)), "provider-id": f"dindind://docker/{plan.name}/{node.name}"}
     for arg in tuple(plan.settings.kubelet_extra_args) + tuple(spec.kubelet_extra_args):
         key, _, value = arg[2:].partition("=")
         args.pop(key, None)         # a flag given again takes the later place and value
@@ -90,6 +100,8 @@ def context(plan, node, node_ip, control_plane_ip, cgroup_v1=False, certificate_
     sans = ["localhost", "127.0.0.1", cp.name, control_plane_ip]
     if lb:          # HA: every API server answers as the load balancer (its address and container name)
         sans += [lb.ip, lb.name]
+    if s.ipv6:
+        sans += ["::1", cp.ip6]
     if s.api_address not in sans:
         sans.append(s.api_address)
     return {
@@ -105,7 +117,7 @@ def context(plan, node, node_ip, control_plane_ip, cgroup_v1=False, certificate_
         # kubeadm refuses those flags beside --config)
         "certificate_key": certificate_key if node.is_control_plane else None,
         "control_plane_join": node.is_control_plane and node.name != cp.name,
-        "advertise_address": node_ip,
+        "advertise_address": node_ips(plan, node, node_ip)[0],   # each control plane its own
         "bind_port": API_PORT,
         "node_name": node.name,
         "kubelet_args": kubelet_args(plan, node, node_ip),
@@ -113,6 +125,8 @@ def context(plan, node, node_ip, control_plane_ip, cgroup_v1=False, certificate_
         # kubelet >= 1.35 refuses cgroup v1 unless told; cgroup v2 hosts get the plain configuration
         "fail_cgroup_v1": False if cgroup_v1 else None,
         "feature_gates": sorted(s.feature_gates),      # KubeletConfiguration, KubeProxyConfiguration
+        # none: kube-proxy is not installed (kubeadm init skips its addon) and gets no configuration
+        "kube_proxy_mode": None if s.kube_proxy_mode == "none" else s.kube_proxy_mode,
         **component_args(s),
     }
 

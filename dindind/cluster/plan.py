@@ -14,6 +14,8 @@ import secrets
 import string
 from dataclasses import asdict, dataclass, field, replace
 
+from dindind.base import netfamily
+
 CLUSTER_LABEL = "io.dindind.cluster"
 ROLE_LABEL = "io.dindind.role"
 LB_ROLE = "external-load-balancer"    # the role label of an HA cluster's load balancer container
@@ -85,6 +87,9 @@ class Settings:
     registry: bool = False          # the local registry (dindind.cluster.registry)
     registry_port: int = 5001       # the host's localhost:PORT, also the name pods pull by
     registry_address: str = "127.0.0.1"     # the address the port is published on
+    ip_family: str = "ipv4"         # ipv4 | ipv6 | dual (dindind.base.netfamily)
+    kube_proxy_mode: str = "iptables"   # iptables | nftables | ipvs | none
+    node_subnet_v6: str = netfamily.NODE_SUBNET_V6     # the node network's IPv6 subnet (ipv6, dual)
 
     def to_json(self):
         return json.dumps(asdict(self), sort_keys=True)
@@ -110,6 +115,16 @@ class Settings:
                 nodes = ()
         object.__setattr__(self, "nodes", nodes)
 
+    @property
+    def ip_versions(self):
+        """The cluster's IP versions, the primary one first: (4,), (6,), (4, 6) or (6, 4)."""
+        return netfamily.ordered_versions(self.ip_family, self.service_subnet)
+
+    @property
+    def ipv6(self):
+        """Whether the cluster uses IPv6 (ipFamily ipv6 or dual)."""
+        return self.ip_family != "ipv4"
+
     def node_specs(self):
         """Every node's NodeSpec, the control plane first."""
         return self.nodes or (NodeSpec("control-plane"),) + (NodeSpec("worker"),) * self.workers
@@ -132,6 +147,12 @@ class Node:
     pod_cidr: str
     ip: str            # static, so routes and configs survive a restart
     spec: NodeSpec = None
+    ip6: str = ""      # static IPv6 address on the node network (ipFamily ipv6 or dual)
+    pod_cidrs: tuple = ()   # every pod slice of the node, one per family, the primary first
+
+    def address(self, version):
+        """The node's static address of IP version 4 or 6."""
+        return self.ip6 if version == 6 else self.ip
 
     @property
     def is_control_plane(self):
@@ -237,11 +258,10 @@ def node_names(name, workers, control_planes=1):
     return names
 
 
-def pod_slices(pod_subnet, count):
-    """One /24 of the pod subnet per node (IPv4), in node order."""
-    net = ipaddress.ip_network(pod_subnet)
-    slices = net.subnets(new_prefix=24)
-    return [str(next(slices)) for _ in range(count)]
+def _node_ips(subnet, count):
+    hosts = ipaddress.ip_network(subnet).hosts()
+    next(hosts)  # the bridge's gateway
+    return [str(next(hosts)) for _ in range(count)]
 
 
 def registry_ip(node_subnet):
@@ -254,11 +274,11 @@ def registry_ip(node_subnet):
 def make_plan(settings, token=None, cert_key=None):
     specs = settings.node_specs()
     names = settings.node_names()
-    slices = pod_slices(settings.pod_subnet, len(names))
-    hosts = ipaddress.ip_network(settings.node_subnet).hosts()
-    next(hosts)  # the bridge's gateway
-    ips = [str(next(hosts)) for _ in names]
-    nodes = tuple(Node(n, role, i, slices[i], ips[i], specs[i]) for i, (n, role) in enumerate(names))
+    slices = netfamily.slices(settings.pod_subnet, len(names))
+    ips = _node_ips(settings.node_subnet, len(names))
+    ips6 = _node_ips(settings.node_subnet_v6, len(names)) if settings.ipv6 else [""] * len(names)
+    nodes = tuple(Node(n, role, i, slices[i][0], ips[i], specs[i], ip6=ips6[i], pod_cidrs=slices[i])
+                  for i, (n, role) in enumerate(names))
     ha = settings.control_planes > 1
     lb = LoadBalancer(load_balancer_name(settings.name), load_balancer_ip(settings.node_subnet)) if ha else None
     return Plan(settings=settings, nodes=nodes, network=f"dindind-{settings.name}",
@@ -288,6 +308,8 @@ def from_cluster_config(doc, defaults):
                    pod_subnet=net["podSubnet"], service_subnet=net["serviceSubnet"], node_subnet=net["nodeSubnet"],
                    api_address=net["apiServerAddress"], api_port=net["apiServerPort"],
                    cni="none" if net["disableDefaultCNI"] else "default",
+                   ip_family=net["ipFamily"], kube_proxy_mode=net["kubeProxyMode"],
+                   node_subnet_v6=net["nodeSubnetIPv6"],
                    kubelet_extra_args=tuple(doc["kubeletExtraArgs"]),
                    kubeadm_patches=tuple(doc["kubeadmConfigPatches"]),
                    feature_gates=tuple(sorted(doc["featureGates"].items())),
@@ -317,7 +339,9 @@ def to_cluster_config(settings):
             "nodes": [node(n) for n in settings.node_specs()],
             "networking": {"apiServerAddress": settings.api_address, "apiServerPort": settings.api_port,
                            "podSubnet": settings.pod_subnet, "serviceSubnet": settings.service_subnet,
-                           "nodeSubnet": settings.node_subnet, "disableDefaultCNI": settings.cni == "none"},
+                           "nodeSubnet": settings.node_subnet, "disableDefaultCNI": settings.cni == "none",
+                           "ipFamily": settings.ip_family, "kubeProxyMode": settings.kube_proxy_mode,
+                           "nodeSubnetIPv6": settings.node_subnet_v6},
             "kubeletExtraArgs": list(settings.kubelet_extra_args),
             "kubeadmConfigPatches": list(settings.kubeadm_patches),
             "featureGates": dict(settings.feature_gates), "runtimeConfig": dict(settings.runtime_config),

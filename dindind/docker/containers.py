@@ -66,14 +66,15 @@ def run_args(opts):
     return args
 
 
-def create_network(name, subnet, labels):
-    """A user-defined bridge network (embedded DNS), labelled."""
+def create_network(name, subnet, labels, subnet6=None):
+    """A user-defined bridge network (embedded DNS), labelled; ``subnet6``: IPv6 enabled, with that subnet."""
     api = engine.client()
     import docker.types
 
-    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+    pools = [docker.types.IPAMPool(subnet=subnet)] + ([docker.types.IPAMPool(subnet=subnet6)] if subnet6 else [])
+    ipam = docker.types.IPAMConfig(pool_configs=pools)
     return engine.call(f"create network {name}", api.create_network, name, driver="bridge", ipam=ipam,
-                 labels=labels, check_duplicate=True)["Id"]
+                 labels=labels, check_duplicate=True, enable_ipv6=bool(subnet6))["Id"]
 
 
 def create_volume(name, labels):
@@ -88,7 +89,7 @@ def _port(p):
 def run_container(image, name, *, labels, command=None, entrypoint=None, hostname=None, network=None,
                   ip=None, volumes=None, tmpfs=None, ports=None, env=None, sysctls=None, privilege=None,
                   cgroupns=None, stop_signal=None, restart=None, binds_ro=None, stop_timeout=None, mounts=None,
-                  user=None, files=None):
+                  user=None, files=None, ip6=None):
     """Create and start a container; return its id.
 
     ``user``: the user it runs as; ``files``: ``{path: (text, mode)}`` written into it before it starts
@@ -98,7 +99,8 @@ def run_container(image, name, *, labels, command=None, entrypoint=None, hostnam
     port (6443, or "53/udp") to ``(host address, host port)``; ``mounts`` is a
     list of ``(host path, container path, read only)`` bind mounts (the source
     must exist; any characters); ``privilege`` is privilege_opts() (or other host-config
-    security options: cap_drop, security_opt, read_only); ``user``: the user it runs as.
+    security options: cap_drop, security_opt, read_only); ``user``: the user it runs as;
+    ``ip``/``ip6``: static addresses on ``network``.
     """
     api = engine.client()
     binds = {v: {"bind": p, "mode": "rw"} for v, p in (volumes or {}).items()}
@@ -114,7 +116,7 @@ def run_container(image, name, *, labels, command=None, entrypoint=None, hostnam
         hc["CgroupnsMode"] = cgroupns
     netcfg = None
     if network:
-        netcfg = api.create_networking_config({network: api.create_endpoint_config(ipv4_address=ip)})
+        netcfg = api.create_networking_config({network: api.create_endpoint_config(ipv4_address=ip, ipv6_address=ip6)})
     c = engine.call(f"create container {name}", api.create_container, image, command=command, entrypoint=entrypoint,
               name=name, hostname=hostname, labels=labels, environment=env, host_config=hc, tty=True,
               networking_config=netcfg, stop_signal=stop_signal, stop_timeout=stop_timeout, user=user,

@@ -83,7 +83,7 @@ def test_committed_schema_is_generated_from_spec(capsys):
     {"apiVersion": "dindind.dev/v1alpha1", "kind": "Cluster", "nodes": [{"role": "worker", "labels": {"a b": "c"}}]},
     {"apiVersion": "dindind.dev/v1alpha1", "kind": "Cluster", "nodes": [{"role": "worker", "labels": {"a": "c d"}}]},
     {"apiVersion": "dindind.dev/v1alpha1", "kind": "Cluster", "nodes": [{"role": "worker", "extraMounts": [{}]}]},
-    {"apiVersion": "dindind.dev/v1alpha1", "kind": "Cluster", "networking": {"ipFamily": "ipv6"}},
+    {"apiVersion": "dindind.dev/v1alpha1", "kind": "Cluster", "networking": {"ipFamily": "ipv5"}},
     {"apiVersion": "dindind.dev/v1alpha1", "kind": "Cluster", "workers": 3},
 ])
 def test_the_schema_refuses_what_the_validator_refuses(bad):
@@ -109,7 +109,8 @@ def test_defaults_fill_in_everything_the_file_does_not_say():
     assert doc["nodes"] is None and doc["name"] is None
     assert doc["networking"] == {"apiServerAddress": "127.0.0.1", "apiServerPort": 0, "podSubnet": "10.244.0.0/16",
                                  "serviceSubnet": "10.96.0.0/16", "nodeSubnet": "172.30.0.0/24",
-                                 "disableDefaultCNI": False}
+                                 "disableDefaultCNI": False, "ipFamily": "ipv4", "kubeProxyMode": "iptables",
+                                 "nodeSubnetIPv6": "fd00:172:30::/64"}
     node = clusterconfig.parse(HEAD + "nodes: [{role: control-plane}]\n", "c.yaml")["nodes"][0]
     assert node == {"role": "control-plane", "labels": {}, "kubeletExtraArgs": [], "kubeadmConfigPatches": [],
                     "extraMounts": [], "extraPortMappings": []}

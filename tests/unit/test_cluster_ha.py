@@ -68,6 +68,17 @@ def test_every_problem_at_once_with_ha():
     assert "4 control-plane nodes" in text and "11 workers: at most 10" in text
 
 
+@pytest.mark.parametrize("family", ["ipv6", "dual"])
+def test_ha_with_an_ipv6_family_is_refused_naming_both_keys(family):
+    clusterconfig.parse(doc(1, 1, f"networking: {{ipFamily: {family}}}\n"), "c.yaml")    # one control plane: fine
+    clusterconfig.parse(doc(3, 1, "networking: {ipFamily: ipv4}\n"), "c.yaml")
+    with pytest.raises(ConfigError) as info:
+        clusterconfig.parse(doc(3, 1, f"networking: {{ipFamily: {family}}}\n"), "c.yaml")
+    assert [p for p in info.value.problems if "high availability" in p] == [
+        f"nodes: 3 control planes with networking.ipFamily: {family}: high availability is built for ipFamily "
+        "ipv4 only so far; use one control plane, or ipFamily: ipv4"], info.value.problems
+
+
 def test_the_node_subnet_must_hold_the_load_balancer_too():
     small = "networking: {nodeSubnet: 172.30.0.0/29}\n"      # 6 addresses: the gateway and 5 more
     clusterconfig.parse(doc(1, 4, small), "c.yaml")            # gateway + 5 nodes

@@ -37,6 +37,15 @@ def mask(text, plan):
     return text
 
 
+def skip_phases(settings, verb):
+    """The kubeadm phases ``verb`` skips: preflight (as kind), and kube-proxy's addon when
+    kubeProxyMode is none (one --skip-phases flag: kubeadm takes the last one given)."""
+    phases = ["preflight"]
+    if verb == "init" and settings.kube_proxy_mode == "none":
+        phases.append("addon/kube-proxy")
+    return ",".join(phases)
+
+
 def run_kubeadm(ctx, node, verb, extra=()):
     """``kubeadm <verb>`` with the node's rendered config (preflight skipped, as kind does).
 
@@ -48,7 +57,7 @@ def run_kubeadm(ctx, node, verb, extra=()):
     """
     key = ctx.plan.certificate_key if node.is_control_plane else None
     path = SECRET_PATH if key else PATH
-    argv = ["kubeadm", verb, f"--config={path}", "--skip-phases=preflight", "--v=6", *extra]
+    argv = ["kubeadm", verb, f"--config={path}", f"--skip-phases={skip_phases(ctx.plan.settings, verb)}", "--v=6", *extra]
     if key:
         ctx.engine.put_file(node.name, SECRET_PATH, render(ctx, node, key), mode=0o600)
     try:

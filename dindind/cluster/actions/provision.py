@@ -11,6 +11,17 @@ SNAPSHOTS = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs"
 SYSTEMD_WAIT = 60
 
 
+# IPv6 in a node (ipFamily ipv6 or dual): on, and forwarding to and from its pods
+IPV6_SYSCTLS = {"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "0",
+                "net.ipv6.conf.all.forwarding": "1"}
+
+
+def node_sysctls(settings):
+    """The kernel settings of a node's network namespace."""
+    sysctls = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.route_localnet": "1"}
+    return {**sysctls, **IPV6_SYSCTLS} if settings.ipv6 else sysctls
+
+
 def node_run_args(ctx, node):
     """Everything ``docker run`` gets for one node, as containers.run_container keywords."""
     plan = ctx.plan
@@ -28,10 +39,11 @@ def node_run_args(ctx, node):
         hostname=node.name,
         network=plan.network,
         ip=node.ip,
+        ip6=node.ip6 or None,
         volumes=volumes,
         tmpfs={"/run": "rw", "/run/lock": "rw", "/tmp": "rw"},
         env=["container=docker"],
-        sysctls={"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.route_localnet": "1"},
+        sysctls=node_sysctls(plan.settings),
         privilege=ctx.privilege,
         cgroupns="private",
         stop_signal="SIGRTMIN+3",
@@ -70,7 +82,8 @@ def wait_for_systemd(ctx, node, timeout=SYSTEMD_WAIT):
 def execute(ctx):
     plan = ctx.plan
     eng = ctx.engine
-    eng.create_network(plan.network, plan.settings.node_subnet, plan.labels("network"))
+    eng.create_network(plan.network, plan.settings.node_subnet, plan.labels("network"),
+                       **({"subnet6": plan.settings.node_subnet_v6} if plan.settings.ipv6 else {}))
     ctx.created.append(("network", plan.network))
     if ctx.privilege is None:
         ctx.privilege = eng.privilege_opts(ctx.node_image)
