@@ -695,7 +695,7 @@ def _run_e2e(cfg, layout, name, sh, args, dest):
 
         bins = sources.test_binaries(cfg, layout)
         with fsutil.atomic_dir(dest) as tmp:
-            code, text = proc.status([bins["ginkgo"], *args, bins["e2e.test"], "--",
+            code, text = proc.status([bins["ginkgo"], f"--timeout={inside.GINKGO_TIMEOUT}", *args, bins["e2e.test"], "--",
                                       f"--kubeconfig={kubeconfig_path(layout, name)}", "--provider=skeleton",
                                       f"--report-dir={tmp}"])
             fsutil.write_text(tmp / "e2e.log", text)

@@ -163,6 +163,11 @@ def logs(args, state=STATE, out=sys.stdout):
     return 0
 
 
+# ginkgo stops a suite after 1 h by default: the whole Conformance suite takes longer on 2 cores (its
+# [Serial] tests come last and were skipped, the one running failed in its setup, when that hit)
+GINKGO_TIMEOUT = "24h"
+
+
 def e2e_command(args, kubeconfig_path=KUBECONFIG, report=E2E):
     """The ginkgo command line for ``dindind e2e ARGS`` (checked by the config's rules)."""
     opts = {"--focus": None, "--skip": None, "--parallel": None, "--flake-attempts": None, "--label-filter": None}
@@ -189,7 +194,8 @@ def e2e_command(args, kubeconfig_path=KUBECONFIG, report=E2E):
         opts[opt] = value
     # no --skip: the default skip list; an empty --skip= : skip nothing (a conformance run brings its own)
     skip = DEFAULT_E2E_SKIP if opts["--skip"] is None else opts["--skip"]
-    cmd = ["ginkgo", f"--nodes={opts['--parallel'] or 1}", f"--flake-attempts={opts['--flake-attempts'] or 1}"]
+    cmd = ["ginkgo", f"--nodes={opts['--parallel'] or 1}", f"--flake-attempts={opts['--flake-attempts'] or 1}",
+           f"--timeout={GINKGO_TIMEOUT}"]
     cmd += [f"--skip={skip}"] if skip else []
     if opts["--focus"]:
         cmd.append(f"--focus={opts['--focus']}")

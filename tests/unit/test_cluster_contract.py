@@ -256,8 +256,8 @@ def test_the_api_not_answering_is_unhealthy_without_a_traceback(tmp_path, monkey
 
 def test_e2e_command_line_and_its_checks():
     cmd = inside.e2e_command(["--focus=Conformance", "--parallel", "2"], "/k", "/r")
-    assert cmd[:3] == ["ginkgo", "--nodes=2", "--flake-attempts=1"]
-    assert cmd[3] == f"--skip={inside.DEFAULT_E2E_SKIP}" and cmd[4] == "--focus=Conformance"
+    assert cmd[:4] == ["ginkgo", "--nodes=2", "--flake-attempts=1", "--timeout=24h"]    # not ginkgo's 1 h
+    assert cmd[4] == f"--skip={inside.DEFAULT_E2E_SKIP}" and cmd[5] == "--focus=Conformance"
     # an explicitly empty skip skips nothing (no --skip at all: ginkgo would read "" as match-everything)
     bare = inside.e2e_command(["--skip=", "--label-filter=Conformance"], "/k", "/r")
     assert not any(a.startswith("--skip") for a in bare) and "--label-filter=Conformance" in bare
