@@ -34,7 +34,7 @@ import time
 from dataclasses import replace
 
 from dindind.base import clusterconfig, config, fsutil, proc
-from dindind.docker import containers, engine
+from dindind.docker import containers
 from dindind.base.errors import CommandError, DindindError, InputError
 from dindind.cluster import api, create, hostcheck, inotify, inside, passthrough, plan as plan_mod
 from dindind.cluster import conformance as conformance_mod

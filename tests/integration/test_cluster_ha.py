@@ -25,7 +25,7 @@ from dindind.cluster import api, host
 from dindind.docker import containers
 
 from conftest import doit
-from integration.test_cluster import assert_gone, kubeconfig, labelled
+from integration.test_cluster import assert_gone, kubeconfig
 
 pytestmark = pytest.mark.engine
 

@@ -23,7 +23,8 @@ import time
 
 import pytest
 
-from dindind.cluster.plan import CLUSTER_LABEL
+
+from integration.test_kubernetes import kubectl_bin, labelled
 
 pytestmark = [pytest.mark.engine, pytest.mark.kubernetes]
 
@@ -42,20 +43,6 @@ nodes:
 - role: control-plane
 - role: worker
 """
-
-
-def labelled(name):
-    flt = f"label={CLUSTER_LABEL}={name}"
-    return {kind: subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout.split()
-            for kind, cmd in (("containers", ["docker", "ps", "-aq", "--filter", flt]),
-                              ("volumes", ["docker", "volume", "ls", "-q", "--filter", flt]),
-                              ("networks", ["docker", "network", "ls", "-q", "--filter", flt]))}
-
-
-def kubectl_bin(real):
-    found = sorted(real.path.glob("artifacts/kubernetes/*/kubernetes/server/bin/kubectl"))
-    assert found, "the real build has no kubectl"
-    return found[0]
 
 
 def inner(*cmd, check=True):

@@ -54,6 +54,21 @@ def kubectl_bin(real):
     return found[0]
 
 
+def kubectl_runner(real, name):
+    """kubectl(*args, check=True, input=None, timeout=300): the real build's kubectl with cluster ``name``'s
+    kubeconfig; asserts success unless check=False."""
+    kubeconfig = real.path / "artifacts" / "clusters" / name / "kubeconfig"
+    kc = kubectl_bin(real)
+
+    def kubectl(*args, check=True, input=None, timeout=300):
+        r = subprocess.run([str(kc), f"--kubeconfig={kubeconfig}", *args], input=input, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        if check:
+            assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stdout[-3000:]}{r.stderr[-3000:]}"
+        return r
+    return kubectl
+
+
 @pytest.fixture(scope="module")
 def toolbox(real):
     """A small image built on the host from the build's own base image (no registry)."""
@@ -74,15 +89,7 @@ def cluster(real, toolbox):
     took = time.monotonic() - start
     try:
         assert up.returncode == 0, up.stdout[-5000:] + up.stderr[-5000:]
-        kubeconfig = real.path / "artifacts" / "clusters" / NAME / "kubeconfig"
-        kc = kubectl_bin(real)
-
-        def kubectl(*args, check=True, input=None, timeout=300):
-            r = subprocess.run([str(kc), f"--kubeconfig={kubeconfig}", *args], input=input, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
-            if check:
-                assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stdout[-3000:]}{r.stderr[-3000:]}"
-            return r
+        kubectl = kubectl_runner(real, NAME)
 
         load = real.doit("cluster:load", "--name", NAME, "--image", toolbox, timeout=600)
         yield {"kubectl": kubectl, "up": up, "up_seconds": took, "load": load}

@@ -21,7 +21,7 @@ import yaml
 
 from dindind.cluster import host
 
-from integration.test_kubernetes import kubectl_bin, labelled
+from integration.test_kubernetes import kubectl_bin, kubectl_runner, labelled
 
 pytestmark = [pytest.mark.engine, pytest.mark.kubernetes]
 
@@ -70,18 +70,10 @@ def up(real, tmp_path_factory):
     took = time.monotonic() - start
     try:
         assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
-        kubeconfig = real.path / "artifacts" / "clusters" / NAME / "kubeconfig"
-        kc = kubectl_bin(real)
-
-        def kubectl(*args, check=True, input=None, timeout=300):
-            r = subprocess.run([str(kc), f"--kubeconfig={kubeconfig}", *args], input=input, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
-            if check:
-                assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stdout[-3000:]}{r.stderr[-3000:]}"
-            return r
+        kubectl = kubectl_runner(real, NAME)
 
         print(f"\nFIGURE real config 1+1 nested: cluster:up {took:.1f}s")
-        yield {"run": run, "dir": d, "env": env, "kubectl": kubectl, "kc": kc}
+        yield {"run": run, "dir": d, "env": env, "kubectl": kubectl, "kc": kubectl_bin(real)}
     finally:
         down = real.doit("cluster:down", "--name", NAME, env=env, check=False)
         assert down.returncode == 0, down.stdout + down.stderr

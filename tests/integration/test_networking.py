@@ -20,21 +20,14 @@ import time
 import pytest
 
 from dindind.cluster import hostcheck
-from dindind.cluster.plan import CLUSTER_LABEL
+
+from integration.test_kubernetes import labelled
 
 pytestmark = [pytest.mark.engine, pytest.mark.kubernetes]
 
 TOOLBOX = f"dindind-test/net-toolbox-{os.getpid()}:1"    # busybox-static: httpd, wget, sh
 KERNEL = hostcheck.Kernel()
 NFTABLES = KERNEL.version() is not None and KERNEL.version() >= hostcheck.NFTABLES_KERNEL
-
-
-def labelled(name):
-    flt = f"label={CLUSTER_LABEL}={name}"
-    return {kind: subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout.split()
-            for kind, cmd in (("containers", ["docker", "ps", "-aq", "--filter", flt]),
-                              ("volumes", ["docker", "volume", "ls", "-q", "--filter", flt]),
-                              ("networks", ["docker", "network", "ls", "-q", "--filter", flt]))}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import time
 import pytest
 import yaml
 
-from integration.test_kubernetes import kubectl_bin, labelled
+from integration.test_kubernetes import kubectl_runner, labelled
 
 pytestmark = [pytest.mark.engine, pytest.mark.kubernetes]
 
@@ -78,15 +78,7 @@ def cluster(real, busybox, tmp_path_factory):
     took = time.monotonic() - start
     try:
         assert up.returncode == 0, up.stdout[-5000:] + up.stderr[-5000:]
-        kubeconfig = real.path / "artifacts" / "clusters" / NAME / "kubeconfig"
-        kc = kubectl_bin(real)
-
-        def kubectl(*args, check=True, input=None, timeout=300):
-            r = subprocess.run([str(kc), f"--kubeconfig={kubeconfig}", *args], input=input, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
-            if check:
-                assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stdout[-3000:]}{r.stderr[-3000:]}"
-            return r
+        kubectl = kubectl_runner(real, NAME)
 
         print(f"\ncluster:up with a registry, 1 control plane, nested: {took:.1f}s")
         print("\n".join(line for line in up.stdout.splitlines() if " ✓ " in line or " is up in " in line))
