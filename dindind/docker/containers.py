@@ -129,8 +129,8 @@ def run_container(image, name, *, labels, command=None, entrypoint=None, hostnam
     return c["Id"]
 
 
-def _put_before_start(api, container, files):
-    """Write ``{path: (text, mode)}`` into a created container (owned by root) in one archive."""
+def _tar(files):
+    """An uncompressed tar of ``{path: (text or bytes, mode)}``, paths relative to /, owned by root."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
         for path, (data, mode) in sorted(files.items()):
@@ -138,7 +138,12 @@ def _put_before_start(api, container, files):
             ti = tarfile.TarInfo(str(path).lstrip("/"))
             ti.size, ti.mode, ti.mtime = len(data), mode, int(time.time())
             tf.addfile(ti, io.BytesIO(data))
-    engine.call(f"copy {', '.join(sorted(files))} into {container}", api.put_archive, container, "/", buf.getvalue())
+    return buf.getvalue()
+
+
+def _put_before_start(api, container, files):
+    """Write ``{path: (text, mode)}`` into a created container (owned by root) in one archive."""
+    engine.call(f"copy {', '.join(sorted(files))} into {container}", api.put_archive, container, "/", _tar(files))
 
 
 def start_container(name):
@@ -173,17 +178,9 @@ def put_file(container, path, data, mode=0o644):
     ``install``, because the engine's archive API cannot write into tmpfs
     mounts such as /tmp and /run.
     """
-    buf = io.BytesIO()
-    if isinstance(data, str):
-        data = data.encode()
     stage = f".dindind-put-{os.getpid()}-{int(time.time() * 1e6)}"
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        ti = tarfile.TarInfo(stage)
-        ti.size = len(data)
-        ti.mode = 0o600
-        ti.mtime = int(time.time())
-        tf.addfile(ti, io.BytesIO(data))
-    engine.call(f"copy {path} into {container}", engine.client().put_archive, container, "/", buf.getvalue())
+    engine.call(f"copy {path} into {container}", engine.client().put_archive, container, "/",
+                _tar({stage: (data, 0o600)}))
     exec_in(container, ["install", "-D", "-m", f"{mode:o}", f"/{stage}", str(path)])
     exec_in(container, ["rm", "-f", f"/{stage}"])
 
