@@ -262,6 +262,24 @@ def wait_for(what, seconds, check):
     raise Fail(f"timed out after {seconds} s waiting for {what} (see the kubelet's journal)")
 
 
+def write_apiserver_manifest(addr, port, extra="", note=" (no container runs)."):
+    """The kube-apiserver static pod manifest the sample kubelet reads (``extra``: more flags, as " --flag=V,")."""
+    write(MANIFEST, f"""\
+# dindind sample kubeadm: the sample kubelet serves its API stand-in on --secure-port{note}
+apiVersion: v1
+kind: Pod
+metadata: {{name: kube-apiserver, namespace: kube-system, labels: {{component: kube-apiserver, tier: control-plane}}}}
+spec:
+  hostNetwork: true
+  containers:
+  - name: kube-apiserver
+    image: {BUILD["apiserver_image"]}
+    command: [kube-apiserver, --advertise-address={addr}, --secure-port={port},{extra}
+      --client-ca-file=/etc/kubernetes/pki/ca.crt, --tls-cert-file=/etc/kubernetes/pki/apiserver.crt,
+      --tls-private-key-file=/etc/kubernetes/pki/apiserver.key]
+""")
+
+
 def init(args):
     docs = kubeadm_config(flag(args, "config"))
     ic, cc = docs.get("InitConfiguration"), docs.get("ClusterConfiguration")
@@ -291,20 +309,7 @@ def init(args):
         write(f"{K8S}/{file}", kubeconfig(server, ca, user, sign(csr, "clientAuth"), key), 0o600)
     write(TOKEN_FILE, token + "\n", 0o600)
     write(CLUSTER_INFO, kubeconfig(server, ca))
-    write(MANIFEST, f"""\
-# dindind sample kubeadm: the sample kubelet serves its API stand-in on --secure-port (no container runs).
-apiVersion: v1
-kind: Pod
-metadata: {{name: kube-apiserver, namespace: kube-system, labels: {{component: kube-apiserver, tier: control-plane}}}}
-spec:
-  hostNetwork: true
-  containers:
-  - name: kube-apiserver
-    image: {BUILD["apiserver_image"]}
-    command: [kube-apiserver, --advertise-address={addr}, --secure-port={port},
-      --client-ca-file=/etc/kubernetes/pki/ca.crt, --tls-cert-file=/etc/kubernetes/pki/apiserver.crt,
-      --tls-private-key-file=/etc/kubernetes/pki/apiserver.key]
-""")
+    write_apiserver_manifest(addr, port)
     write(f"{NODES}/{name}.json", json.dumps({"name": name, "controlPlane": True, "heartbeat": 0}))
     now = time.time()
     write(MEMBERS, json.dumps([{"name": name, "peer": addr, "added": now, "started": now}]))
@@ -407,20 +412,7 @@ def join_control_plane(jc, endpoint, token, name, ca, server, docs):
         name, "kubernetes", "kubernetes.default", "kubernetes.default.svc", hostpart]))
     kkey, csr = new_key_csr([("O", "system:nodes"), ("CN", f"system:node:{name}")])
     write(f"{K8S}/kubelet.conf", kubeconfig(server, ca, f"system:node:{name}", sign(csr, "clientAuth"), kkey), 0o600)
-    write(MANIFEST, f"""\
-# dindind sample kubeadm: the sample kubelet serves its API stand-in on --secure-port, its store on the first control plane.
-apiVersion: v1
-kind: Pod
-metadata: {{name: kube-apiserver, namespace: kube-system, labels: {{component: kube-apiserver, tier: control-plane}}}}
-spec:
-  hostNetwork: true
-  containers:
-  - name: kube-apiserver
-    image: {BUILD["apiserver_image"]}
-    command: [kube-apiserver, --advertise-address={addr}, --secure-port={port}, --sample-store={store},
-      --client-ca-file=/etc/kubernetes/pki/ca.crt, --tls-cert-file=/etc/kubernetes/pki/apiserver.crt,
-      --tls-private-key-file=/etc/kubernetes/pki/apiserver.key]
-""")
+    write_apiserver_manifest(addr, port, f" --sample-store={store},", ", its store on the first control plane.")
     if os.path.exists(MARKER):
         os.unlink(MARKER)
     print("[control-plane] written; [kubelet-start] restarting the kubelet")
