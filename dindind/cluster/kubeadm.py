@@ -120,6 +120,9 @@ def context(plan, node, node_ip, control_plane_ip, cgroup_v1=False, certificate_
         "advertise_address": node_ips(plan, node, node_ip)[0],   # each control plane its own
         "bind_port": API_PORT,
         "node_name": node.name,
+        # no workers: the control planes run the workloads, so they register without kubeadm's
+        # NoSchedule taint (kind's rule); kubeadm takes an empty list as "no taints"
+        "untainted": not plan.workers,
         "kubelet_args": kubelet_args(plan, node, node_ip),
         "cgroup_driver": CGROUP_DRIVER,
         # kubelet >= 1.35 refuses cgroup v1 unless told; cgroup v2 hosts get the plain configuration
