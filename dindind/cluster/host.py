@@ -23,6 +23,7 @@ dindind.cluster.access.
 """
 
 import io
+import ipaddress
 import json
 import os
 import re
@@ -140,6 +141,16 @@ def _export_kubeconfig(layout, name, kubeconfig, address, port):
     return path, server
 
 
+def _unexport(layout, name):
+    """A failed up's kubeconfig out again, and the cluster's folder if that leaves it empty."""
+    path = kubeconfig_path(layout, name)
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass            # absent, or it holds something else
+
+
 def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print, config_file=None):
     """Create a cluster and return the kubeconfig path (ready unless --wait 0); ``config_file``:
     a cluster config (apiVersion dindind.dev/v1alpha1) instead of the build config's cluster keys."""
@@ -151,7 +162,7 @@ def up(cfg, layout, name=None, workers=None, retain=False, wait=None, out=print,
     if _in_use(settings.name):
         raise DindindError(f"a cluster named {settings.name!r} already exists",
                            hint=f"remove it with `doit cluster:down --name {settings.name}` or pick another --name")
-    if settings.api_address not in ("127.0.0.1", "::1"):
+    if not ipaddress.ip_address(settings.api_address).is_loopback:      # 127.0.0.0/8 and ::1 stay on this host
         out(f"WARNING: the API server of {settings.name} will listen on {settings.api_address}, "
             "reachable from other machines (cluster.api_address)")
     held = passthrough.hold_registry_port(settings)     # held: no other port is picked on it
@@ -207,11 +218,13 @@ def _up_nested(layout, settings, publish, out, versioned=False):
         path, server = _export_kubeconfig(layout, settings.name, kubeconfig, publish[0], _host_port(top, publish[0]))
         if settings.wait > 0:
             # ready means ready from here too: through the published port, with the kubeconfig's credentials
-            waitready.wait(path.read_bytes(), [n for n, _ in settings.node_names()], timeout=60)
+            waitready.wait(path.read_bytes(), [n for n, _ in settings.node_names()], timeout=60,
+                           registered=settings.cni == "none")
         return path
     except BaseException:
         if not settings.retain:
             _remove(created)
+            _unexport(layout, settings.name)
         raise
 
 
@@ -263,11 +276,13 @@ def _up_direct(layout, settings, publish, out):
         port = _host_port(api_container(plan), publish[0])
         path, _ = _export_kubeconfig(layout, settings.name, ctx.kubeconfig, publish[0], port)
         if settings.wait > 0:
-            waitready.wait(path.read_bytes(), [n.name for n in plan.nodes], timeout=60)
+            waitready.wait(path.read_bytes(), [n.name for n in plan.nodes], timeout=60,
+                           registered=settings.cni == "none")
         return path
     except BaseException:
         if not settings.retain:
             create.rollback(ctx)
+            _unexport(layout, settings.name)
         raise
 
 

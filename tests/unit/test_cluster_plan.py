@@ -90,6 +90,71 @@ def test_kubelet_extra_args_reach_both_node_registrations():
         assert args["v"] == "4" and args["max-pods"] == "20" and args["node-ip"] == "172.30.0.3"
 
 
+@pytest.mark.parametrize("version", ["v1.30.5", "v1.31.2+sample"])
+def test_control_planes_register_untainted_only_when_there_are_no_workers(version):
+    def registrations(workers):
+        p = plan.make_plan(settings(kubernetes_version=version, workers=workers), token=TOKEN)
+        docs = {d["kind"]: d for d in yaml.safe_load_all(kubeadm.render_config(p, p.nodes[0], p.nodes[0].ip,
+                                                                                 p.nodes[0].ip))}
+        return [docs[k]["nodeRegistration"] for k in ("InitConfiguration", "JoinConfiguration")]
+
+    # [] is kubeadm's "no taints"; absent is its default NoSchedule taint on a control plane
+    assert [r.get("taints", "absent") for r in registrations(0)] == [[], []]
+    assert [r.get("taints", "absent") for r in registrations(2)] == ["absent", "absent"]
+
+
+def test_without_a_pod_network_the_wait_ends_when_every_node_has_registered(monkeypatch):
+    from dindind.cluster import api
+    from dindind.cluster.actions import waitready
+
+    answers = iter([{"a": False}, {"a": False, "b": False}])
+    monkeypatch.setattr(api, "node_readiness", lambda kc, server=None, since=None: next(answers))
+    assert waitready.wait(b"kc", ["a", "b"], 10, sleep=0, registered=True) >= 0
+    monkeypatch.setattr(api, "node_readiness", lambda kc, server=None, since=None: {"a": True, "b": False})
+    with pytest.raises(DindindError, match=r"not Ready: b"):
+        waitready.wait(b"kc", ["a", "b"], 0, sleep=0)
+    monkeypatch.setattr(api, "node_readiness", lambda kc, server=None, since=None: {"a": False})
+    with pytest.raises(DindindError, match=r"not registered: b"):
+        waitready.wait(b"kc", ["a", "b"], 0, sleep=0, registered=True)
+
+    p = plan.make_plan(settings(cni="none", workers=1), token=TOKEN)
+    out = io.StringIO()
+    ctx = Context(plan=p, node_image="img", status=Status(out=out), kubeconfig=b"kc")
+    ctx.node_ips = {n.name: n.ip for n in p.nodes}
+    monkeypatch.setattr(waitready, "wait", lambda kc, names, timeout, server=None, since=None, registered=False:
+                        (names, registered) == ([n.name for n in p.nodes], True) and 2.0)
+    waitready.execute(ctx)
+    assert "2 nodes registered after 2.0s; no pod network (disableDefaultCNI)" in out.getvalue()
+
+
+@pytest.mark.parametrize("retain", [False, True])
+def test_a_host_side_wait_that_fails_takes_the_exported_kubeconfig_away_unless_retained(tmp_path, monkeypatch, retain):
+    from dindind.base import layout as layout_mod
+    from dindind.cluster import create, host
+    from dindind.cluster.actions import waitready
+
+    lay = layout_mod.Layout(tmp_path / "proj")
+    s = settings(cni="none", retain=retain, workers=0)
+    asked, rolled = [], []
+    monkeypatch.setattr(create, "create", lambda p, image, publish=None, status=None:
+                        Context(plan=p, node_image=image, status=Status(out=io.StringIO()),
+                                kubeconfig=b"clusters: [{name: c, cluster: {server: x}}]\n"))
+    monkeypatch.setattr(create, "rollback", lambda ctx: rolled.append(ctx.plan.name))
+    monkeypatch.setattr(host, "_host_port", lambda container, address: 40123)
+
+    def wait(kc, names, timeout, server=None, since=None, registered=False):
+        asked.append(registered)
+        assert host.kubeconfig_path(lay, "demo").stat().st_mode & 0o777 == 0o600
+        raise DindindError("the cluster was not ready within 60s")
+    monkeypatch.setattr(waitready, "wait", wait)
+    with pytest.raises(DindindError, match="not ready"):
+        host._up_direct(lay, s, ("127.0.0.1", 40123), print)
+    assert asked == [True]          # no pod network: registered is enough
+    assert host.kubeconfig_path(lay, "demo").exists() is retain
+    assert host.cluster_dir(lay, "demo").exists() is retain
+    assert rolled == ([] if retain else ["demo"])
+
+
 def test_patches_are_merged_by_kind():
     patches = ({"kind": "KubeletConfiguration", "maxPods": 50, "evictionHard": {"memory.available": "1%"}},)
     p = plan.make_plan(settings(kubeadm_patches=patches), token=TOKEN)
@@ -288,7 +353,7 @@ def test_restart_starts_every_node_puts_the_routes_back_and_waits_for_reports_si
                "demo-worker2": "2026-12-02T15:05:03Z"}
     eng = RestartEngine(started)
     waits = []
-    monkeypatch.setattr(waitready, "wait", lambda kc, names, timeout, server=None, since=None:
+    monkeypatch.setattr(waitready, "wait", lambda kc, names, timeout, server=None, since=None, registered=False:
                         waits.append((kc, names, timeout, server, since)) or 1.0)
     ctx = create.restart(p, "img", None, status=Status(out=io.StringIO()), engine=eng)
     names = [n.name for n in p.nodes]

@@ -1,4 +1,9 @@
-"""Wait until the API answers with the admin credentials and every node reports Ready."""
+"""Wait until the API answers with the admin credentials and every node reports Ready.
+
+Without a pod network (``disableDefaultCNI``) no node can be Ready until the
+user installs one (kind's --wait would time out): then the wait ends when
+every node has registered, and a line says what is missing.
+"""
 
 import time
 
@@ -9,8 +14,10 @@ from dindind.cluster.plan import API_PORT
 TITLE = "Waiting for nodes to be Ready"
 
 
-def wait(kubeconfig, names, timeout, server=None, sleep=1.0, since=None):
+def wait(kubeconfig, names, timeout, server=None, sleep=1.0, since=None, registered=False):
     """Poll /api/v1/nodes until every node in ``names`` is Ready; return seconds waited.
+
+    ``registered``: until every node is in the list, Ready or not.
 
     ``since``: after a restart, the epoch second from which a node's kubelet
     must have reported for its Ready to count (api.node_readiness).
@@ -20,10 +27,10 @@ def wait(kubeconfig, names, timeout, server=None, sleep=1.0, since=None):
     while True:
         try:
             ready = api.node_readiness(kubeconfig, server, since=since)
-            missing = [n for n in names if not ready.get(n)]
+            missing = [n for n in names if n not in ready] if registered else [n for n in names if not ready.get(n)]
             if not missing:
                 return time.monotonic() - start
-            last = f"not Ready: {', '.join(missing)}"
+            last = f"{'not registered' if registered else 'not Ready'}: {', '.join(missing)}"
         except (OSError, DindindError) as exc:
             last = str(exc).splitlines()[0]
         if time.monotonic() - start > timeout:
@@ -39,6 +46,11 @@ def execute(ctx):
     # the nodes' network resolves: ask its address instead (a SAN of the cert); HA: the load balancer's
     lb = ctx.plan.load_balancer
     server = f"https://{lb.ip if lb else ctx.node_ips[ctx.plan.control_plane.name]}:{API_PORT}"
+    no_network = ctx.plan.settings.cni == "none"
     waited = wait(ctx.kubeconfig, [n.name for n in ctx.plan.nodes], ctx.plan.settings.wait, server=server,
-                  since=ctx.restarted)
-    ctx.status.info(f"{len(ctx.plan.nodes)} nodes Ready after {waited:.1f}s")
+                  since=ctx.restarted, registered=no_network)
+    if no_network:
+        ctx.status.info(f"{len(ctx.plan.nodes)} nodes registered after {waited:.1f}s; no pod network "
+                        "(disableDefaultCNI): they become Ready once you install one")
+    else:
+        ctx.status.info(f"{len(ctx.plan.nodes)} nodes Ready after {waited:.1f}s")
