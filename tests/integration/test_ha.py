@@ -6,7 +6,8 @@ server (the port published on 127.0.0.1) reaches the API servers through the
 load balancer. Then one control-plane node container is stopped (``docker
 stop`` inside the cluster container's engine) and the API keeps answering
 through the load balancer: ``kubectl get nodes`` and a ConfigMap created and
-read back. ``cluster:down`` leaves nothing.
+read back. The cluster also has the local registry: an image pushed from the
+host runs as a pod on the worker. ``cluster:down`` leaves nothing.
 
 The times (kubeadm init, each control-plane join, the worker join, Ready, the
 first answer after the stop) are printed (``-s``). A failed bring-up keeps the
@@ -25,6 +26,7 @@ import pytest
 
 
 from integration.test_kubernetes import kubectl_bin, labelled
+from integration.test_registry import busybox, free_port, push_and_run   # noqa: F401 (busybox: a fixture)
 
 pytestmark = [pytest.mark.engine, pytest.mark.kubernetes]
 
@@ -33,15 +35,16 @@ TOP = f"dindind-{NAME}"
 LB = f"{NAME}-external-load-balancer"
 CPS = [f"{NAME}-control-plane", f"{NAME}-control-plane2", f"{NAME}-control-plane3"]
 WORKER = f"{NAME}-worker"
-CONFIG = f"""\
+CONFIG = """\
 apiVersion: dindind.dev/v1alpha1
 kind: Cluster
-name: {NAME}
+name: {name}
 nodes:
 - role: control-plane
 - role: control-plane
 - role: control-plane
 - role: worker
+registry: {{hostPort: {port}}}
 """
 
 
@@ -93,21 +96,22 @@ def ha(real, tmp_path_factory, request):
     failed_before = request.session.testsfailed
     d = tmp_path_factory.mktemp("ha")
     path = d / "cluster.yaml"
-    path.write_text(CONFIG)
+    registry_port = free_port()
+    path.write_text(CONFIG.format(name=NAME, port=registry_port))
     start = time.monotonic()
     up = real.doit("cluster:up", "--config", str(path), "--retain", timeout=1800, check=False)
     took = time.monotonic() - start
     kubeconfig = real.path / "artifacts" / "clusters" / NAME / "kubeconfig"
     kc = kubectl_bin(real)
 
-    def kubectl(*args, check=True, timeout=60):
+    def kubectl(*args, check=True, timeout=60, input=None):
         r = subprocess.run([str(kc), f"--kubeconfig={kubeconfig}", "--request-timeout=10s", *args], text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+                           input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
         if check:
             assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stdout[-3000:]}{r.stderr[-3000:]}"
         return r
 
-    state = {"kubectl": kubectl, "up": up, "up_seconds": took, "timings": timings(up.stdout), "logs": d / "logs"}
+    state = {"kubectl": kubectl, "registry_port": registry_port, "up": up, "up_seconds": took, "timings": timings(up.stdout), "logs": d / "logs"}
     print(f"\nHA cluster:up took {took:.1f}s; {state['timings']}")
     try:
         if up.returncode != 0:
@@ -170,6 +174,11 @@ def test_the_load_balancer_is_unprivileged_haproxy(ha):
     proxy = ha["kubectl"]("get", "configmap", "-n", "kube-system", "kube-proxy", "-o",
                           "jsonpath={.data.kubeconfig\\.conf}").stdout
     assert f"https://{lb_ip}:6443" in proxy
+
+
+def test_an_image_pushed_to_the_registry_runs_on_the_worker(ha, busybox):
+    # every node has the registry's hosts.toml; the hosting ConfigMap went in through the load balancer
+    push_and_run(ha["kubectl"], ha["registry_port"], busybox, WORKER)
 
 
 def test_the_api_keeps_answering_with_a_control_plane_stopped(ha):

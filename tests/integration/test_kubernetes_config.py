@@ -4,9 +4,12 @@ The sample (test_cluster_config.py) shows what each node, kubeadm, the kubelet a
 are given; here a real cluster - a control plane and a worker from one ``kind: Cluster`` file -
 shows that it takes effect: the Nodes carry their labels, the worker's kubeadm patch sets its pod
 capacity, the feature gate is on in the API server and the kubelet, containerd runs with the
-patch merged, a pod reads the host folder mounted into the worker, a NodePort answers on the host
-port mapped to the worker through both hops, and ``cluster:nodes``, ``cluster:kubeconfig --merge``
-and ``--internal`` work against it. ``cluster:down`` removes the merged context and leaves nothing.
+patch merged, runtimeConfig turns on an alpha API version, the API server is published on the
+address and port the config names (127.0.0.2, a loopback address that is not the default), a pod
+reads the host folder mounted into the worker, a NodePort answers on the host port mapped to the
+worker through both hops, an image loaded from a ``docker save`` archive runs as a pod, and
+``cluster:nodes``, ``cluster:kubeconfig --merge`` and ``--internal`` work against it.
+``cluster:down`` removes the merged context and leaves nothing.
 """
 
 import base64
@@ -30,10 +33,15 @@ CP, WORKER = f"{NAME}-control-plane", f"{NAME}-worker"
 NODE_PORT = 30080
 # an alpha gate, off by default in REAL_VERSION (the test checks that with the built kube-apiserver)
 GATE = "ImageVolumeWithDigest"
-CONFIG = f"""\
+# an alpha API version (off by default; needs no feature gate) that runtimeConfig turns on, and one it leaves off
+ALPHA_ON, ALPHA_OFF = "internal.apiserver.k8s.io/v1alpha1", "coordination.k8s.io/v1alpha2"
+API_ADDRESS = "127.0.0.2"
+ARCHIVED = f"dindind-test/archived-{os.getpid()}:1"
+CONFIG = """\
 apiVersion: dindind.dev/v1alpha1
 kind: Cluster
-name: {NAME}
+name: {name}
+networking: {{apiServerAddress: {address}, apiServerPort: {port}}}
 nodes:
 - role: control-plane
   labels: {{example.com/tier: front}}
@@ -44,8 +52,9 @@ nodes:
   extraMounts:
   - {{hostPath: shared, containerPath: /srv/shared, readOnly: true}}
   extraPortMappings:
-  - {{containerPort: {NODE_PORT}}}
-featureGates: {{{GATE}: true}}
+  - {{containerPort: {node_port}}}
+featureGates: {{{gate}: true}}
+runtimeConfig: {{"{alpha}": "true"}}
 containerdConfigPatches:
 - |
   [plugins.'io.containerd.cri.v1.runtime']
@@ -63,7 +72,11 @@ def up(real, tmp_path_factory):
     d = tmp_path_factory.mktemp("real-config")
     (d / "shared").mkdir()
     (d / "shared" / "hello.txt").write_text("hello from the host\n")
-    (d / "cluster.yaml").write_text(CONFIG)
+    with socket.socket() as sock:
+        sock.bind((API_ADDRESS, 0))
+        api_port = sock.getsockname()[1]
+    (d / "cluster.yaml").write_text(CONFIG.format(name=NAME, address=API_ADDRESS, port=api_port, node_port=NODE_PORT,
+                                                  gate=GATE, alpha=ALPHA_ON))
     env = {**os.environ, "KUBECONFIG": str(d / "user-kubeconfig")}
     start = time.monotonic()
     run = real.doit("cluster:up", "--config", str(d / "cluster.yaml"), timeout=1200, check=False)
@@ -73,7 +86,7 @@ def up(real, tmp_path_factory):
         kubectl = kubectl_runner(real, NAME)
 
         print(f"\nFIGURE real config 1+1 nested: cluster:up {took:.1f}s")
-        yield {"run": run, "dir": d, "env": env, "kubectl": kubectl, "kc": kubectl_bin(real)}
+        yield {"run": run, "dir": d, "env": env, "kubectl": kubectl, "kc": kubectl_bin(real), "api_port": api_port}
     finally:
         down = real.doit("cluster:down", "--name", NAME, env=env, check=False)
         assert down.returncode == 0, down.stdout + down.stderr
@@ -113,6 +126,25 @@ def test_the_feature_gate_is_on_in_the_api_server_and_the_kubelet(real, up):
     configz = json.loads(up["kubectl"]("get", "--raw", f"/api/v1/nodes/{WORKER}/proxy/configz").stdout)
     assert configz["kubeletconfig"]["featureGates"].get(GATE) is True, configz["kubeletconfig"].get("featureGates")
     assert configz["kubeletconfig"]["maxPods"] == 42
+
+
+def test_runtime_config_turns_on_an_alpha_api_version(up):
+    versions = up["kubectl"]("api-versions").stdout.split()
+    assert ALPHA_ON in versions, versions
+    assert ALPHA_OFF not in versions, versions       # alpha versions stay off unless asked for
+    assert up["kubectl"]("get", "storageversions.internal.apiserver.k8s.io").returncode == 0
+
+
+def test_the_api_server_is_published_on_the_configured_address_and_port(real, up):
+    assert "WARNING" not in up["run"].stdout        # 127.0.0.2 is a loopback address: nothing to warn about
+    server = up["kubectl"]("config", "view", "-o", "jsonpath={.clusters[0].cluster.server}").stdout
+    assert server == f"https://{API_ADDRESS}:{up['api_port']}", server
+    assert up["kubectl"]("get", "--raw", "/readyz").stdout == "ok"     # TLS: the address is in the serving cert
+    # the cluster container publishes exactly that, and nothing on the default loopback address
+    ports = json.loads(subprocess.run(["docker", "inspect", f"dindind-{NAME}"], stdout=subprocess.PIPE, check=True,
+                                      text=True).stdout)[0]["NetworkSettings"]["Ports"]
+    api = [b for b in ports["6443/tcp"] or []]
+    assert [(b["HostIp"], b["HostPort"]) for b in api] == [(API_ADDRESS, str(up["api_port"]))], ports
 
 
 def _find(doc, key):
@@ -183,6 +215,24 @@ def test_a_node_port_answers_on_the_host_port_mapped_to_the_worker(real, up):
         except OSError:
             time.sleep(1)
     assert answer.decode(errors="replace").strip() in pods, answer
+
+
+def test_an_image_loaded_from_an_archive_runs_as_a_pod(real, up):
+    archive = up["dir"] / "archived.tar"
+    busybox = e2e_image(real, "busybox")
+    subprocess.run(["docker", "tag", busybox, ARCHIVED], check=True)
+    try:
+        subprocess.run(["docker", "save", "-o", str(archive), ARCHIVED], check=True)
+    finally:
+        subprocess.run(["docker", "rmi", ARCHIVED], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load = real.doit("cluster:load", "--name", NAME, "--archive", str(archive), timeout=600)
+    assert f"docker.io/{ARCHIVED}" in load.stdout, load.stdout
+    k = up["kubectl"]
+    k("run", "from-archive", f"--image={ARCHIVED}", "--image-pull-policy=Never", "--restart=Never",
+      "--overrides", json.dumps({"spec": {"nodeSelector": {"example.com/tier": "back"}}}),
+      "--", "sh", "-c", "echo archive-image-ran")
+    assert _wait_phase(k, "from-archive") == "Succeeded", k("describe", "pod", "from-archive").stdout[-3000:]
+    assert k("logs", "from-archive").stdout == "archive-image-ran\n"
 
 
 def test_kubeconfig_merge_gives_a_context_and_internal_works_from_a_node(real, up):

@@ -7,11 +7,14 @@ address; pods on different nodes reach each other over both, and a
 RequireDualStack Service answers on its IPv4 and its IPv6 ClusterIP and by
 its DNS name. An IPv6-only cluster (a control plane alone) must give nodes,
 pods and Services IPv6 addresses only, and the Service must answer by its
-address and its name. A control plane with kubeProxyMode none must come up
-Ready without any kube-proxy. ``cluster:down`` must leave nothing. Bring-up
+address and its name. A control plane with disableDefaultCNI and
+kubeProxyMode none must come up without a pod network or kube-proxy, and
+become Ready once the user installs a network. ``cluster:down`` must leave
+nothing. Bring-up
 times are printed (pytest -s or -rA shows them).
 """
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -19,7 +22,7 @@ import time
 
 import pytest
 
-from dindind.cluster import hostcheck
+from dindind.cluster import host, hostcheck
 
 from integration.test_kubernetes import labelled
 
@@ -223,22 +226,67 @@ def test_an_ipv6_cluster_has_ipv6_nodes_pods_and_services(ipv6):
     assert wget(ipv6, "a", "web.default.svc.cluster.local", 80) in ("a", "b")
 
 
-# ------------------------------------------------------------------ no kube-proxy
+# ------------------------------------------------------------------ bring your own network
 
-NONE = "t-noproxy-{}".format(os.getpid())
+OWN = "t-ownnet-{}".format(os.getpid())
+OWN_CP = f"{OWN}-control-plane"
 
 
-def test_kube_proxy_mode_none_brings_up_a_cluster_without_kube_proxy(real, tmp_path_factory):
+def own_conflist(pod_cidr):
+    """What a user's own pod network would install: the node's CNI bridge on its podCIDR (a name of its own)."""
+    return json.dumps({"cniVersion": "0.4.0", "name": "users-own", "plugins": [
+        {"type": "bridge", "bridge": "own0", "isGateway": True, "ipMasq": True,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+        {"type": "portmap", "capabilities": {"portMappings": True}}]})
+
+
+def test_without_the_default_network_and_kube_proxy_the_users_own_network_takes_over(real, toolbox, tmp_path_factory):
+    """disableDefaultCNI + kubeProxyMode none (what a kube-proxy-replacing CNI asks for): the control plane
+    comes up with neither, cluster:up stops waiting once the node has registered, the node is NotReady for
+    want of a network; a network installed by hand makes it Ready, and a pod without any toleration runs
+    on the lone control plane (untainted, as kind leaves a cluster without workers)."""
     config = ("apiVersion: dindind.dev/v1alpha1\nkind: Cluster\nnodes:\n- role: control-plane\n"
-              "networking:\n  kubeProxyMode: none\n")
+              "networking:\n  kubeProxyMode: none\n  disableDefaultCNI: true\n")
     try:
-        c = bring_up(real, None, tmp_path_factory, NONE, config)
-        node = c.json("get", "node", f"{NONE}-control-plane")
-        assert {x["type"]: x["status"] for x in node["status"]["conditions"]}["Ready"] == "True"
+        c = bring_up(real, toolbox, tmp_path_factory, OWN, config)
+        assert "1 nodes registered after" in c.up.stdout and "no pod network (disableDefaultCNI)" in c.up.stdout, \
+            c.up.stdout
+        assert "Installing CNI" not in c.up.stdout
+        node = c.json("get", "node", OWN_CP)
+        ready = {x["type"]: x for x in node["status"]["conditions"]}["Ready"]
+        assert ready["status"] == "False" and "NetworkReady=false" in ready["message"], ready
+        # kubeadm's control-plane taint is gone; only the node controller's not-ready one may be there
+        assert [t["key"] for t in node["spec"].get("taints") or []
+                if t["key"] == "node-role.kubernetes.io/control-plane"] == [], node["spec"]
+        sh = host.Shell(OWN)
+        assert sh.run(OWN_CP, ["ls", "-A", "/etc/cni/net.d"])[1].strip() == ""
         for kind in ("daemonset", "configmap"):
             r = c.kubectl("get", kind, "-n", "kube-system", "kube-proxy", check=False)
             assert r.returncode != 0 and "NotFound" in r.stderr, (kind, r.stdout, r.stderr)
         pods = c.json("get", "pods", "-n", "kube-system")["items"]
         assert not [p for p in pods if p["metadata"]["name"].startswith("kube-proxy")], pods
+
+        # the user's own network: a conflist on the node's podCIDR (the node controller assigns it a moment after
+        # the node registers); containerd picks the file up and the kubelet reports Ready
+        deadline = time.monotonic() + 120
+        while not node["spec"].get("podCIDR") and time.monotonic() < deadline:
+            time.sleep(1)
+            node = c.json("get", "node", OWN_CP)
+        pod_cidr = node["spec"]["podCIDR"]
+        sh.run(OWN_CP, ["sh", "-c", f"echo '{own_conflist(pod_cidr)}' > /etc/cni/net.d/10-own.conflist"])
+        c.kubectl("wait", "--for=condition=Ready", f"node/{OWN_CP}", "--timeout=120s", timeout=150)
+        c.kubectl("run", "own", f"--image={TOOLBOX}", "--image-pull-policy=Never", "--restart=Never", "--",
+                  "sh", "-c", "echo on-my-own-network")
+        phase = ""
+        for _ in range(180):
+            phase = c.kubectl("get", "pod", "own", "-o", "jsonpath={.status.phase}").stdout
+            if phase in ("Succeeded", "Failed"):
+                break
+            time.sleep(1)
+        assert phase == "Succeeded", c.kubectl("describe", "pod", "own").stdout[-3000:]
+        assert c.kubectl("logs", "own").stdout.strip() == "on-my-own-network"
+        pod = c.json("get", "pod", "own")
+        assert not [t for t in pod["spec"].get("tolerations", []) if "control-plane" in t.get("key", "")], pod["spec"]
+        assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(pod_cidr), pod["status"]
     finally:
-        tear_down(real, NONE)
+        tear_down(real, OWN)

@@ -6,7 +6,9 @@ pushed with ``docker push localhost:PORT/...``, and a pod of
 ``localhost:PORT/...`` (imagePullPolicy Always: containerd pulls it through
 the node's hosts.toml) runs to completion; it also reads the registry's
 catalog from inside the cluster at the address the ConfigMap
-kube-public/local-registry-hosting gives (hostFromClusterNetwork).
+kube-public/local-registry-hosting gives (hostFromClusterNetwork). The pod
+has no toleration: a cluster without workers leaves its control planes
+untainted, as kind does. test_ha.py runs the same on an HA cluster's worker.
 ``cluster:down`` leaves nothing.
 """
 
@@ -36,12 +38,12 @@ registry: {{hostPort: {port}}}
 POD = """\
 apiVersion: v1
 kind: Pod
-metadata: {{name: pushed}}
+metadata: {{name: {pod}}}
 spec:
   restartPolicy: Never
-  tolerations: [{{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}}]
+  nodeSelector: {{kubernetes.io/hostname: {node}}}
   containers:
-  - name: pushed
+  - name: {pod}
     image: {image}
     imagePullPolicy: Always
     command: ["/bin/busybox", "sh", "-c", "echo running from the local registry; /bin/busybox wget -qO- http://{inner}/v2/_catalog"]
@@ -91,8 +93,10 @@ def cluster(real, busybox, tmp_path_factory):
         assert labelled(NAME) == {"containers": [], "volumes": [], "networks": []}
 
 
-def test_an_image_pushed_from_the_host_runs_as_a_pod(cluster, busybox):
-    kubectl, port = cluster["kubectl"], cluster["port"]
+def push_and_run(kubectl, port, busybox, node, pod="pushed"):
+    """Push ``busybox`` from the host to the registry at localhost:PORT, run it as ``pod`` on ``node``
+    (imagePullPolicy Always: the node's containerd pulls it), check what it printed, the events and the
+    local-registry-hosting ConfigMap; print the push and pod times."""
     ref = f"localhost:{port}/{REPO}:1"
     subprocess.run(["docker", "tag", busybox, ref], check=True)
     try:
@@ -111,18 +115,24 @@ def test_an_image_pushed_from_the_host_runs_as_a_pod(cluster, busybox):
         assert time.monotonic() < deadline, "no default ServiceAccount after 120s"
         time.sleep(1)
     start = time.monotonic()
-    kubectl("apply", "-f", "-", input=POD.format(image=ref, inner=hosting["hostFromClusterNetwork"]))
+    kubectl("apply", "-f", "-", input=POD.format(pod=pod, node=node, image=ref, inner=hosting["hostFromClusterNetwork"]))
     phase, deadline = "", time.monotonic() + 180
     while time.monotonic() < deadline and phase not in ("Succeeded", "Failed"):
         time.sleep(1)
-        phase = kubectl("get", "pod", "pushed", "-o", "jsonpath={.status.phase}").stdout
-    print(f"pod of {ref}: {phase} after {time.monotonic() - start:.1f}s")
-    events = kubectl("get", "events", "--field-selector", "involvedObject.name=pushed", check=False).stdout
+        phase = kubectl("get", "pod", pod, "-o", "jsonpath={.status.phase}").stdout
+    print(f"pod of {ref} on {node}: {phase} after {time.monotonic() - start:.1f}s")
+    events = kubectl("get", "events", "--field-selector", f"involvedObject.name={pod}", check=False).stdout
     assert phase == "Succeeded", events
     assert "Pulling image" in events and f'"{ref}"' in events, events
-    logs = kubectl("logs", "pushed").stdout
+    logs = kubectl("logs", pod).stdout
     assert "running from the local registry" in logs
     assert REPO in json.loads(logs.splitlines()[-1])["repositories"], logs
     # the node pulled it by the name the host pushed
-    pod = json.loads(kubectl("get", "pod", "pushed", "-o", "json").stdout)
-    assert pod["status"]["containerStatuses"][0]["image"] == ref
+    got = json.loads(kubectl("get", "pod", pod, "-o", "json").stdout)
+    assert got["status"]["containerStatuses"][0]["image"] == ref
+    assert got["spec"]["nodeName"] == node
+
+
+def test_an_image_pushed_from_the_host_runs_as_a_pod(cluster, busybox):
+    # no toleration: a cluster without workers has no control-plane taint (kind's rule)
+    push_and_run(cluster["kubectl"], cluster["port"], busybox, f"{NAME}-control-plane")
