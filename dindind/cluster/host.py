@@ -219,7 +219,7 @@ def _up_nested(layout, settings, publish, out, versioned=False):
         if settings.wait > 0:
             # ready means ready from here too: through the published port, with the kubeconfig's credentials
             waitready.wait(path.read_bytes(), [n for n, _ in settings.node_names()], timeout=60,
-                           registered=settings.cni == "none")
+                           registered=waitready.registered_is_enough(settings))
         return path
     except BaseException:
         if not settings.retain:
@@ -277,7 +277,7 @@ def _up_direct(layout, settings, publish, out):
         path, _ = _export_kubeconfig(layout, settings.name, ctx.kubeconfig, publish[0], port)
         if settings.wait > 0:
             waitready.wait(path.read_bytes(), [n.name for n in plan.nodes], timeout=60,
-                           registered=settings.cni == "none")
+                           registered=waitready.registered_is_enough(settings))
         return path
     except BaseException:
         if not settings.retain:

@@ -14,6 +14,11 @@ from dindind.cluster.plan import API_PORT
 TITLE = "Waiting for nodes to be Ready"
 
 
+def registered_is_enough(settings):
+    """Whether a wait for ``settings``' nodes ends at registered rather than Ready: no pod network of ours."""
+    return settings.cni == "none"
+
+
 def wait(kubeconfig, names, timeout, server=None, sleep=1.0, since=None, registered=False):
     """Poll /api/v1/nodes until every node in ``names`` is Ready; return seconds waited.
 
@@ -46,7 +51,7 @@ def execute(ctx):
     # the nodes' network resolves: ask its address instead (a SAN of the cert); HA: the load balancer's
     lb = ctx.plan.load_balancer
     server = f"https://{lb.ip if lb else ctx.node_ips[ctx.plan.control_plane.name]}:{API_PORT}"
-    no_network = ctx.plan.settings.cni == "none"
+    no_network = registered_is_enough(ctx.plan.settings)
     waited = wait(ctx.kubeconfig, [n.name for n in ctx.plan.nodes], ctx.plan.settings.wait, server=server,
                   since=ctx.restarted, registered=no_network)
     if no_network:
